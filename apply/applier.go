@@ -1,0 +1,421 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/bdr-dev/bdr/decoder"
+	"github.com/bdr-dev/bdr/internal/catalog"
+	"github.com/bdr-dev/bdr/internal/pgerr"
+)
+
+// Pipeline chunk bounds: a chunk is sent, synced and its results read
+// before the next one, so neither side buffers without limit.
+const (
+	chunkOps   = 2000
+	chunkBytes = 8 << 20
+	// txnRetries bounds how often one transaction is retried in place after
+	// a transient error (deadlock, a row inserted locally at that moment)
+	// before the stream gives up and the supervisor takes over.
+	txnRetries = 3
+)
+
+// Fixed statements every applier connection prepares.
+var (
+	stmtBegin  = stmt{"bdr_begin", "BEGIN"}
+	stmtCommit = stmt{"bdr_commit", "COMMIT"}
+	// stmtSetup stamps the transaction with the remote commit (DESIGN rule 1)
+	// and makes the remote commit known to the conflict-resolving statements.
+	stmtSetup = stmt{"bdr_xact_setup", `SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz),
+	pg_catalog.set_config('` + setCommitTS + `', $3::text, true),
+	pg_catalog.set_config('` + setXid + `', $4::text, true),
+	pg_catalog.set_config('` + setCommitLSN + `', $5::text, true)`}
+	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
+)
+
+// applier applies the transactions of one peer on one local connection.
+type applier struct {
+	peer   Peer
+	local  Local
+	conn   *pgx.Conn
+	origin uint32 // roident of the peer's origin on this node
+	log    *slog.Logger
+	met    *streamMetrics
+	relay  *relay
+	track  *tracker
+	pause  *pauser
+
+	plans    map[string]*plan
+	prepared map[string]bool
+	stmtSeq  int
+
+	// state of the pipeline in progress
+	pl        *pgconn.Pipeline
+	ops       []op
+	sentBytes int
+	cur       *batch
+}
+
+type opKind uint8
+
+const (
+	opBegin opKind = iota
+	opSetup
+	opChange
+	opCommit
+	opPosition
+	opPrepare
+)
+
+type op struct {
+	kind opKind
+	txn  int    // index in the batch, -1 outside transactions
+	what string // for errors
+	stmt string // opPrepare: the statement prepared
+}
+
+// txnFailed is a failure of transaction txn of a batch; the transactions
+// before it are committed.
+type txnFailed struct {
+	txn int
+	err error
+}
+
+func (f *txnFailed) Error() string { return f.err.Error() }
+func (f *txnFailed) Unwrap() error { return f.err }
+
+// connectApplier opens the local connection, binds it to the peer's
+// replication origin and returns the position to resume streaming from.
+func connectApplier(ctx context.Context, peer Peer, local Local) (*pgx.Conn, uint32, decoder.LSN, error) {
+	cfg, err := pgx.ParseConfig(local.DSN)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("parse local dsn: %w", err)
+	}
+	cfg.RuntimeParams["application_name"] = "bdr apply " + peer.Name
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("connect local: %w", err)
+	}
+	origin, start, err := setupSession(ctx, conn, peer, local)
+	if err != nil {
+		_ = conn.Close(context.Background())
+		return nil, 0, 0, err
+	}
+	return conn, origin, start, nil
+}
+
+func setupSession(ctx context.Context, conn *pgx.Conn, peer Peer, local Local) (uint32, decoder.LSN, error) {
+	name := catalog.OriginName(peer.Name)
+	for _, s := range []string{
+		"SET session_replication_role = replica",
+		"SET synchronous_commit = off",
+	} {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return 0, 0, fmt.Errorf("set up apply session: %w", err)
+		}
+	}
+	var origin uint32
+	err := conn.QueryRow(ctx, `SELECT roident FROM pg_catalog.pg_replication_origin WHERE roname = $1`, name).Scan(&origin)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)`, name).Scan(&origin)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("origin %s: %w", name, err)
+	}
+	settings := [][2]string{
+		{setOrigin, strconv.FormatUint(uint64(origin), 10)},
+		{setLocalID, strconv.Itoa(int(local.NodeID))},
+		{setLocalName, local.Name},
+		{setRemoteID, strconv.Itoa(int(peer.NodeID))},
+		{setRemoteName, peer.Name},
+	}
+	for _, kv := range settings {
+		if _, err := conn.Exec(ctx, `SELECT pg_catalog.set_config($1, $2, false)`, kv[0], kv[1]); err != nil {
+			return 0, 0, fmt.Errorf("set up apply session: %w", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, name); err != nil {
+		return 0, 0, fmt.Errorf("bind session to origin %s: %w", name, err)
+	}
+	var progress *string
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_progress($1, true)::text`, name).Scan(&progress); err != nil {
+		return 0, 0, fmt.Errorf("read progress of origin %s: %w", name, err)
+	}
+	var start decoder.LSN
+	if progress != nil {
+		lsn, err := pglogrepl.ParseLSN(*progress)
+		if err != nil {
+			return 0, 0, fmt.Errorf("read progress of origin %s: %w", name, err)
+		}
+		start = lsn
+	}
+	for _, s := range []stmt{stmtBegin, stmtCommit, stmtSetup, stmtPosition} {
+		if _, err := conn.PgConn().Prepare(ctx, s.name, s.sql, nil); err != nil {
+			return 0, 0, fmt.Errorf("prepare %s: %w", s.name, err)
+		}
+	}
+	return origin, start, nil
+}
+
+// run applies batches from the relay until ctx ends or an error occurs.
+func (a *applier) run(ctx context.Context) error {
+	for {
+		if err := a.pause.enter(ctx); err != nil {
+			return err
+		}
+		txns, err := a.relay.take(ctx, 200*time.Millisecond)
+		if err == nil && len(txns) > 0 {
+			err = a.applyBatch(ctx, txns)
+		} else if err == nil && a.track.unflushed() {
+			err = a.refreshPosition(ctx)
+		}
+		a.pause.leave()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// applyBatch applies txns in order, pipelined. A transaction that fails
+// with a transient error is retried in place a few times.
+func (a *applier) applyBatch(ctx context.Context, txns []*decoder.Txn) error {
+	defer func() {
+		for _, t := range txns {
+			_ = t.Close()
+		}
+	}()
+	retries := 0
+	for len(txns) > 0 {
+		n, err := a.applyPipelined(ctx, txns)
+		txns = txns[n:]
+		if err == nil {
+			return nil
+		}
+		var f *txnFailed
+		if !errors.As(err, &f) || pgerr.Classify(err) == pgerr.Fatal || retries >= txnRetries {
+			return err
+		}
+		retries++
+		a.log.Debug("retrying transaction", "xid", txns[0].Xid, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(retries) * 50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func skipped(t *decoder.Txn) bool { return t.Filtered() || t.Len() == 0 }
+
+// applyPipelined sends the transactions of txns through pipelines, one
+// local transaction each. It returns how many (from the first) are
+// committed or skipped, and the error that stopped it, if any.
+func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int, error) {
+	b := &batch{a: a, txns: txns, rows: make([]rowCounts, len(txns)), committed: -1}
+	a.cur = b
+	defer func() { a.cur = nil }()
+	for i, t := range txns {
+		if skipped(t) {
+			continue
+		}
+		a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: i, what: "begin"})
+		a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
+		err := t.Each(func(c *decoder.Change) error {
+			if err := a.sendChange(ctx, i, c, &b.rows[i]); err != nil {
+				return err
+			}
+			return b.syncIfFull(ctx)
+		})
+		if err == nil {
+			a.send(ctx, stmtCommit, nil, op{kind: opCommit, txn: i, what: "commit"})
+			err = b.syncIfFull(ctx)
+		}
+		if err != nil {
+			a.abandon(ctx)
+			return b.done, a.wrap(t, err)
+		}
+	}
+	if a.pl != nil {
+		return b.done, b.sync(ctx)
+	}
+	b.finish(0, 0)
+	return b.done, nil
+}
+
+func (a *applier) wrap(t *decoder.Txn, err error) error {
+	var f *txnFailed
+	if errors.As(err, &f) {
+		return err
+	}
+	return fmt.Errorf("apply txn %d from %s: %w", t.Xid, a.peer.Name, err)
+}
+
+type rowCounts struct {
+	ins, upd, del, trunc int
+	conflicts            []string
+}
+
+// sendChange queues the statement of one change.
+func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows *rowCounts) error {
+	if c.Op == decoder.Truncate {
+		rows.trunc++
+		a.startPipeline(ctx)
+		sql := truncateSQL(c)
+		a.pl.SendQueryParams(sql, nil, nil, nil, nil)
+		a.ops = append(a.ops, op{kind: opChange, txn: i, what: sql})
+		return nil
+	}
+	p, err := a.planFor(ctx, c.Rel)
+	if err != nil {
+		return err
+	}
+	if !p.resolving() && c.Op == decoder.Insert {
+		rows.ins++
+		a.send(ctx, p.insert, values(c.New), op{kind: opChange, txn: i, what: "insert into " + p.table})
+		return nil
+	}
+	if len(p.keys) == 0 {
+		return fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
+	}
+	params := []param{{data: []byte(p.rel.Schema)}, {data: []byte(p.rel.Name)}}
+	switch c.Op {
+	case decoder.Insert:
+		rows.ins++
+		a.send(ctx, p.insert, append(params, values(c.New)...), op{kind: opChange, txn: i, what: "insert into " + p.table})
+	case decoder.Update:
+		rows.upd++
+		mask := presence(c.New)
+		st, ok := p.updates[mask]
+		if !ok {
+			st = stmt{a.stmtName(), p.updateSQL(mask)}
+			p.updates[mask] = st
+		}
+		params = append(params, values(p.keyValues(c.Old, c.New))...)
+		params = append(params, presentValues(c.New)...)
+		a.send(ctx, st, params, op{kind: opChange, txn: i, what: "update " + p.table})
+	case decoder.Delete:
+		rows.del++
+		params = append(params, values(p.keyValues(c.Old, nil))...)
+		a.send(ctx, p.del, params, op{kind: opChange, txn: i, what: "delete from " + p.table})
+	}
+	return nil
+}
+
+// planFor returns the plan of rel, building it on first use. Building reads
+// the local catalog, which needs the connection out of pipeline mode.
+func (a *applier) planFor(ctx context.Context, rel *decoder.Relation) (*plan, error) {
+	key := signature(rel)
+	if p, ok := a.plans[key]; ok {
+		return p, nil
+	}
+	if err := a.cur.sync(ctx); err != nil {
+		return nil, err
+	}
+	lt, err := loadLocalTable(ctx, a.conn, rel)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPlan(rel, lt, a.stmtName)
+	if err != nil {
+		return nil, err
+	}
+	a.plans[key] = p
+	return p, nil
+}
+
+func (a *applier) stmtName() string {
+	a.stmtSeq++
+	return "bdr_s" + strconv.Itoa(a.stmtSeq)
+}
+
+// param is sent as text or binary exactly as pgoutput delivered it; nil
+// data is NULL.
+type param struct {
+	data   []byte
+	binary bool
+}
+
+func values(t []decoder.Value) []param {
+	ps := make([]param, len(t))
+	for i, v := range t {
+		ps[i] = valueParam(v)
+	}
+	return ps
+}
+
+func valueParam(v decoder.Value) param {
+	switch v.Kind {
+	case decoder.Text:
+		return param{data: v.Data}
+	case decoder.Binary:
+		return param{data: v.Data, binary: true}
+	}
+	return param{} // NULL
+}
+
+func presentValues(t decoder.Tuple) []param {
+	ps := make([]param, 0, len(t))
+	for _, v := range t {
+		if v.Kind != decoder.Unchanged {
+			ps = append(ps, valueParam(v))
+		}
+	}
+	return ps
+}
+
+func encodeParams(ps []param) ([][]byte, []int16) {
+	vals := make([][]byte, len(ps))
+	var formats []int16
+	for i, p := range ps {
+		vals[i] = p.data
+		if p.binary {
+			if formats == nil {
+				formats = make([]int16, len(ps))
+			}
+			formats[i] = 1
+		}
+	}
+	return vals, formats
+}
+
+func setupParams(t *decoder.Txn) []param {
+	ts := []byte(pgTime(t.CommitTime))
+	return []param{
+		{data: []byte(t.EndLSN.String())},
+		{data: ts},
+		{data: ts},
+		{data: []byte(strconv.FormatUint(uint64(t.Xid), 10))},
+		{data: []byte(t.CommitLSN.String())},
+	}
+}
+
+// pgTime formats a time as timestamptz input with microseconds.
+func pgTime(t time.Time) string {
+	return t.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
+}
+
+func truncateSQL(c *decoder.Change) string {
+	sql := "TRUNCATE ONLY "
+	for i, r := range c.Rels {
+		if i > 0 {
+			sql += ", "
+		}
+		sql += ident(r.Schema, r.Name)
+	}
+	if c.RestartIdentity {
+		sql += " RESTART IDENTITY"
+	}
+	if c.Cascade {
+		sql += " CASCADE"
+	}
+	return sql
+}

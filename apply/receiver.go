@@ -1,0 +1,196 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/bdr-dev/bdr/decoder"
+	"github.com/bdr-dev/bdr/internal/catalog"
+	"github.com/bdr-dev/bdr/replsets"
+)
+
+// statusInterval is how often the receiver reports its position to the
+// provider even when nothing happens; well under wal_sender_timeout.
+const statusInterval = time.Second
+
+// receiver reads the peer's slot and feeds decoded transactions to the relay.
+type receiver struct {
+	peer  Peer
+	local Local
+	conn  *pgconn.PgConn
+	dec   *decoder.Decoder
+	relay *relay
+	track *tracker
+	met   *streamMetrics
+	log   *slog.Logger
+
+	lastStatus time.Time
+}
+
+// connectReplication opens a replication connection to dsn.
+func connectReplication(ctx context.Context, dsn, appName string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse dsn: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = appName
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
+}
+
+// pluginArgs are the pgoutput options: protocol 2 with streaming of large
+// in-progress transactions; from PostgreSQL 16 the provider itself drops
+// changes that did not originate on it (DESIGN rule 2).
+func pluginArgs(serverVersion int) []string {
+	pubs := make([]string, 0, 1)
+	for _, p := range replsets.Publications() {
+		pubs = append(pubs, `"`+p+`"`)
+	}
+	args := []string{
+		"proto_version '2'",
+		"publication_names '" + strings.Join(pubs, ",") + "'",
+		"streaming 'on'",
+	}
+	if serverVersion >= 160000 {
+		args = append(args, "origin 'none'")
+	}
+	return args
+}
+
+func serverVersion(conn *pgconn.PgConn) int {
+	v, _ := strconv.Atoi(conn.ParameterStatus("server_version_num"))
+	if v == 0 {
+		// server_version_num is not reported at startup before PostgreSQL 17;
+		// server_version is ("15.18 (Debian ...)").
+		major, _ := strconv.Atoi(strings.SplitN(conn.ParameterStatus("server_version"), ".", 2)[0])
+		v = major * 10000
+	}
+	return v
+}
+
+// start begins streaming from the slot at start (0: the slot's position).
+func (r *receiver) start(ctx context.Context, start decoder.LSN) error {
+	slot := catalog.SlotName(r.local.Name)
+	err := pglogrepl.StartReplication(ctx, r.conn, slot, start, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: pluginArgs(serverVersion(r.conn)),
+	})
+	if err != nil {
+		return fmt.Errorf("start replication from slot %s on %s: %w", slot, r.peer.Name, err)
+	}
+	return nil
+}
+
+// run receives until ctx ends or the connection fails.
+func (r *receiver) run(ctx context.Context) error {
+	for {
+		if time.Since(r.lastStatus) >= statusInterval {
+			if err := r.sendStatus(false); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, r.lastStatus.Add(statusInterval))
+		msg, err := r.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("receive from %s: %w", r.peer.Name, err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := r.handle(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("stream from %s: %w", r.peer.Name, pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("stream from %s: provider ended the stream", r.peer.Name)
+		}
+	}
+}
+
+func (r *receiver) handle(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	r.met.received.Add(float64(len(data)))
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("keepalive from %s: %w", r.peer.Name, err)
+		}
+		r.track.serverPosition(ka.ServerWALEnd)
+		if ka.ReplyRequested {
+			return r.sendStatus(false)
+		}
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("wal data from %s: %w", r.peer.Name, err)
+		}
+		r.track.serverPosition(xld.ServerWALEnd)
+		txn, err := r.dec.Decode(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("stream from %s: %w", r.peer.Name, err)
+		}
+		if txn != nil {
+			return r.deliver(ctx, txn)
+		}
+	}
+	return nil
+}
+
+// deliver hands txn to the applier, reporting status to the provider while
+// the relay is full so the provider does not time the connection out.
+func (r *receiver) deliver(ctx context.Context, txn *decoder.Txn) error {
+	r.track.received(txn.EndLSN, txn.CommitTime)
+	for {
+		ok, err := r.relay.put(ctx, txn, statusInterval)
+		if err != nil {
+			_ = txn.Close()
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if err := r.sendStatus(false); err != nil {
+			_ = txn.Close()
+			return err
+		}
+	}
+}
+
+// sendStatus confirms what is committed and flushed locally (never what was
+// merely received).
+func (r *receiver) sendStatus(reply bool) error {
+	pos := r.track.confirmable(!r.dec.InTxn())
+	r.lastStatus = time.Now()
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pos,
+		WALFlushPosition: pos,
+		WALApplyPosition: pos,
+		ReplyRequested:   reply,
+	})
+	if err != nil {
+		return fmt.Errorf("send status to %s: %w", r.peer.Name, err)
+	}
+	return nil
+}

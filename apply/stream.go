@@ -1,0 +1,228 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bdr-dev/bdr/decoder"
+	"github.com/bdr-dev/bdr/internal/catalog"
+	"github.com/bdr-dev/bdr/internal/pgerr"
+)
+
+// Stream states, as shown by bdrctl status and bdr.node_status.
+const (
+	StateConnecting = "connecting"
+	StateStreaming  = "streaming"
+	StateRetrying   = "retrying" // a transient error; retrying with backoff
+	StateError      = "error"    // the same work keeps failing; needs the operator
+	StateStopped    = "stopped"
+)
+
+// Supervision timings.
+const (
+	minBackoff       = 250 * time.Millisecond
+	maxBackoff       = 30 * time.Second
+	errorBackoff     = time.Minute // between attempts of a stream in the error state
+	healthyRun       = 30 * time.Second
+	permanentAfter   = 5 // failures at the same position before the error state
+	relayItems       = 10000
+	relayBytes       = 64 << 20
+	decoderMemLimit  = 8 << 20
+	spillDirName     = "spill"
+	statusEveryApply = time.Second
+)
+
+// Peer is a node this node streams changes from.
+type Peer struct {
+	Name   string
+	NodeID int32
+	DSN    string // how to reach the peer's PostgreSQL
+}
+
+// Local is this node.
+type Local struct {
+	Name   string
+	NodeID int32
+	DSN    string // the local PostgreSQL
+}
+
+// StreamStatus describes one incoming stream.
+type StreamStatus struct {
+	Peer       string    `json:"peer"`
+	NodeID     int32     `json:"node_id"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since"`
+	LagBytes   int64     `json:"lag_bytes"`
+	LagSeconds float64   `json:"lag_seconds"`
+	LastCommit time.Time `json:"last_applied_commit_time"`
+	LastError  string    `json:"last_error,omitempty"`
+	Paused     bool      `json:"paused,omitempty"`
+}
+
+// stream is the supervised incoming stream from one peer.
+type stream struct {
+	peer     Peer
+	local    Local
+	dataDir  string
+	log      *slog.Logger
+	met      *streamMetrics
+	pause    *pauser
+	mu       sync.Mutex
+	state    string
+	since    time.Time
+	lastErr  string
+	track    *tracker // of the current run, nil between runs
+	failedAt decoder.LSN
+	failures int
+}
+
+func (s *stream) setState(state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != state {
+		s.state, s.since = state, time.Now()
+	}
+	if err != nil {
+		s.lastErr = err.Error()
+	} else if state == StateStreaming {
+		s.lastErr = ""
+	}
+	if state == StateStreaming {
+		s.met.up.Set(1)
+	} else {
+		s.met.up.Set(0)
+	}
+}
+
+func (s *stream) status() StreamStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := StreamStatus{Peer: s.peer.Name, NodeID: s.peer.NodeID, State: s.state, Since: s.since,
+		LastError: s.lastErr, Paused: s.pause.isPaused()}
+	if s.track != nil {
+		st.LagBytes, st.LagSeconds = s.track.lag(time.Now())
+		st.LastCommit = s.track.last()
+		s.met.lag.Set(st.LagSeconds)
+		s.met.lagBytes.Set(float64(st.LagBytes))
+	}
+	return st
+}
+
+// supervise runs the stream until ctx ends, restarting it after failures.
+func (s *stream) supervise(ctx context.Context) {
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			s.setState(StateStopped, nil)
+			return
+		}
+		if time.Since(started) > healthyRun {
+			backoff = minBackoff
+		}
+		class := pgerr.Classify(err)
+		s.met.errors.WithLabelValues(class.String()).Inc()
+		wait := backoff
+		if s.permanent(class) {
+			s.setState(StateError, err)
+			s.log.Error("stream failed; will retry", "class", class.String(), "err", err, "retry_in", errorBackoff)
+			wait = errorBackoff
+		} else {
+			s.setState(StateRetrying, err)
+			s.log.Warn("stream interrupted; retrying", "class", class.String(), "err", err, "retry_in", backoff)
+			backoff = min(backoff*2, maxBackoff)
+		}
+		select {
+		case <-ctx.Done():
+			s.setState(StateStopped, nil)
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// permanent decides whether a failure needs the operator: fatal errors do,
+// and so does a conflict that keeps failing the same transaction. Lost
+// connections never do: a peer that is down is retried until it is back.
+func (s *stream) permanent(class pgerr.Class) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var pos decoder.LSN
+	if s.track != nil {
+		pos, _ = s.track.position()
+	}
+	if pos == s.failedAt {
+		s.failures++
+	} else {
+		s.failedAt, s.failures = pos, 1
+	}
+	return class == pgerr.Fatal || (class == pgerr.Conflict && s.failures >= permanentAfter)
+}
+
+// runOnce connects both sides and streams until an error.
+func (s *stream) runOnce(ctx context.Context) (err error) {
+	defer recoverTo(&err)
+	s.setState(StateConnecting, nil)
+	conn, origin, start, err := connectApplier(ctx, s.peer, s.local)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+
+	rconn, err := connectReplication(ctx, s.peer.DSN, "bdr_"+s.local.Name)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", s.peer.Name, err)
+	}
+	defer func() { _ = rconn.Close(context.Background()) }()
+
+	dec, err := decoder.New(decoder.Config{
+		SpillDir:    filepath.Join(s.dataDir, spillDirName, s.peer.Name),
+		MemLimit:    decoderMemLimit,
+		SkipSchemas: []string{catalog.Schema},
+		Logger:      s.log,
+	})
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+
+	track := newTracker(start)
+	rl := newRelay(relayItems, relayBytes)
+	defer rl.drain()
+	rcv := &receiver{peer: s.peer, local: s.local, conn: rconn, dec: dec, relay: rl, track: track, met: s.met, log: s.log}
+	if err := rcv.start(ctx, start); err != nil {
+		return err
+	}
+	app := &applier{
+		peer: s.peer, local: s.local, conn: conn, origin: origin, log: s.log, met: s.met,
+		relay: rl, track: track, pause: s.pause,
+		plans:    map[string]*plan{},
+		prepared: map[string]bool{stmtBegin.name: true, stmtCommit.name: true, stmtSetup.name: true, stmtPosition.name: true},
+	}
+	s.mu.Lock()
+	s.track = track
+	s.mu.Unlock()
+	s.setState(StateStreaming, nil)
+	s.log.Info("streaming", "from", start.String())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) { defer recoverTo(&err); return rcv.run(gctx) })
+	g.Go(func() (err error) { defer recoverTo(&err); return app.run(gctx) })
+	return g.Wait()
+}
+
+// recoverTo turns a panic into an error so one bad stream cannot take the
+// daemon down.
+func recoverTo(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+	}
+}

@@ -1,0 +1,305 @@
+// Command bdrctl is the operator's command line for a bdr group. It talks
+// HTTP/JSON to the admin API of one bdrd (--node, or $BDRCTL_NODE).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/checksum"
+)
+
+const usage = `usage: bdrctl [--node ADDR] COMMAND [ARGS]
+
+Commands:
+  init                     make this node the first member of a new group
+  join --via ADDR          join the group of the member whose admin API is at ADDR
+       [--no-wait]         return once admitted instead of waiting until ready
+  part NAME                remove node NAME from the group (run against another member)
+  status [--json]          nodes, streams, lag and errors of the group
+  checksum [--json]        per-table checksums of every member, and whether they agree
+
+--node defaults to $BDRCTL_NODE, then 127.0.0.1:7801.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// usageError is a command line mistake: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "bdrctl: %s\n%s", ue.msg, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "bdrctl: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		return 1
+	}
+}
+
+func defaultNode() string {
+	if v := os.Getenv("BDRCTL_NODE"); v != "" {
+		return v
+	}
+	return "127.0.0.1:7801"
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	global := flag.NewFlagSet("bdrctl", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	node := global.String("node", defaultNode(), "admin address of the bdrd to talk to")
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if global.NArg() == 0 {
+		return usageError{"no command given"}
+	}
+	cmd, rest := global.Arg(0), global.Args()[1:]
+	fs := flag.NewFlagSet("bdrctl "+cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(node, "node", *node, "admin address of the bdrd to talk to")
+	switch cmd {
+	case "init":
+		if err := parse(fs, rest, 0); err != nil {
+			return err
+		}
+		info, err := adminapi.NewClient(*node, time.Minute).Init(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "node %s (id %d) is the first member of a new group\n", info.Name, info.ID)
+		return nil
+	case "join":
+		via := fs.String("via", "", "admin address of a member to join through")
+		noWait := fs.Bool("no-wait", false, "return once admitted")
+		if err := parse(fs, rest, 0); err != nil {
+			return err
+		}
+		if *via == "" {
+			return usageError{"join needs --via ADDR"}
+		}
+		return join(ctx, *node, *via, *noWait, stdout)
+	case "part":
+		if err := parse(fs, rest, 1); err != nil {
+			return err
+		}
+		res, err := adminapi.NewClient(*node, 5*time.Minute).Part(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "node %s parted; cleaned up on: %s\n", res.Name, strings.Join(res.Done, ", "))
+		if len(res.Unreachable) > 0 {
+			fmt.Fprintf(stdout, "not reachable, clean up when back: %s\n", strings.Join(res.Unreachable, ", "))
+		}
+		return nil
+	case "status":
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := parse(fs, rest, 0); err != nil {
+			return err
+		}
+		st, err := adminapi.NewClient(*node, 30*time.Second).Status(ctx, true)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, st)
+		}
+		printStatus(stdout, st)
+		return nil
+	case "checksum":
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := parse(fs, rest, 0); err != nil {
+			return err
+		}
+		return checksums(ctx, *node, *asJSON, stdout)
+	}
+	return usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+func parse(fs *flag.FlagSet, args []string, positional int) error {
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if fs.NArg() != positional {
+		if positional == 0 {
+			return usageError{fmt.Sprintf("%s takes no arguments", fs.Name())}
+		}
+		return usageError{fmt.Sprintf("%s takes %d argument(s)", fs.Name(), positional)}
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// join starts the join and, unless noWait, follows it to the end.
+func join(ctx context.Context, node, via string, noWait bool, w io.Writer) error {
+	c := adminapi.NewClient(node, time.Minute)
+	jp, err := c.Join(ctx, via)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message)
+	if noWait {
+		return nil
+	}
+	last := jp.Phase + jp.Message
+	for !jp.Done {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped waiting; the join goes on (bdrctl status shows it)")
+		case <-time.After(300 * time.Millisecond):
+		}
+		next, err := c.JoinProgress(ctx)
+		if err != nil {
+			return fmt.Errorf("follow the join: %w", err)
+		}
+		jp = next
+		if cur := jp.Phase + jp.Message; cur != last {
+			fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message)
+			last = cur
+		}
+	}
+	if jp.Error != "" {
+		return fmt.Errorf("join failed: %s", jp.Error)
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, st adminapi.Status) {
+	id := "not a member"
+	if st.Node.ID > 0 {
+		id = fmt.Sprintf("id %d, %s", st.Node.ID, st.Node.State)
+	}
+	fmt.Fprintf(w, "node %s (%s), bdrd %s\n", st.Node.Name, id, st.Node.Version)
+	fmt.Fprintf(w, "conflicts recorded on this node: %d\n", st.Conflicts)
+	if st.Join != nil && (!st.Join.Done || st.Join.Error != "") {
+		fmt.Fprintf(w, "join: %s: %s%s\n", st.Join.Phase, st.Join.Message, suffix(" error: ", st.Join.Error))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tREACHABLE\tADMIN\tSINCE")
+	for _, n := range st.Nodes {
+		reach := "-"
+		if n.Reachable != nil {
+			reach = map[bool]string{true: "yes", false: "NO"}[*n.Reachable]
+		} else if n.Name == st.Node.Name {
+			reach = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, reach, n.AdminAddr, n.Since.Local().Format(time.DateTime))
+	}
+	fmt.Fprintln(tw, "\nFROM\tTO\tSTATE\tLAG BYTES\tLAG SECONDS\tLAST APPLIED\tLAST ERROR")
+	for _, s := range st.Streams {
+		last := "-"
+		if !s.LastCommit.IsZero() {
+			last = s.LastCommit.Local().Format("2006-01-02 15:04:05.000")
+		}
+		state := s.State
+		if s.Paused {
+			state += " (paused)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%s\t%s\n", s.From, s.To, state, s.LagBytes, s.LagSeconds, last, oneLine(s.LastError))
+	}
+	_ = tw.Flush()
+	if len(st.Unreachable) > 0 {
+		fmt.Fprintf(w, "\nnot reachable: %s\n", strings.Join(st.Unreachable, ", "))
+	}
+}
+
+func suffix(prefix, s string) string {
+	if s == "" {
+		return ""
+	}
+	return prefix + s
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 120 {
+		s = s[:117] + "..."
+	}
+	return s
+}
+
+// checksums prints each member's per-table checksums and whether they agree.
+// It exits with an error when they differ.
+func checksums(ctx context.Context, node string, asJSON bool, w io.Writer) error {
+	st, err := adminapi.NewClient(node, 30*time.Second).Status(ctx, true)
+	if err != nil {
+		return err
+	}
+	var all []adminapi.Checksums
+	for _, n := range st.Nodes {
+		if n.State != "active" {
+			continue
+		}
+		cs, err := adminapi.NewClient(n.AdminAddr, 10*time.Minute).Checksums(ctx)
+		if err != nil {
+			return fmt.Errorf("checksums of %s: %w", n.Name, err)
+		}
+		all = append(all, cs)
+	}
+	var diffs []string
+	for _, cs := range all[min(1, len(all)):] {
+		for _, d := range checksum.Diff(all[0].Tables, cs.Tables) {
+			diffs = append(diffs, fmt.Sprintf("%s vs %s: %s", all[0].Node, cs.Node, d))
+		}
+	}
+	if asJSON {
+		if err := printJSON(w, map[string]any{"nodes": all, "differences": diffs}); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tTABLE\tROWS\tCHECKSUM")
+		for _, cs := range all {
+			names := make([]string, 0, len(cs.Tables))
+			for t := range cs.Tables {
+				names = append(names, t)
+			}
+			sort.Strings(names)
+			for _, t := range names {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", cs.Node, t, cs.Tables[t].Rows, cs.Tables[t].Hash)
+			}
+		}
+		_ = tw.Flush()
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("members differ: %s", strings.Join(diffs, "; "))
+	}
+	if !asJSON {
+		fmt.Fprintf(w, "all %d members are identical\n", len(all))
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package adminapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// Client talks to one bdrd's admin API.
+type Client struct {
+	addr string
+	base string
+	http *http.Client
+}
+
+// NewClient returns a client for the bdrd at addr (host:port or a URL).
+// timeout bounds each call; 0 means no bound (for long waits).
+func NewClient(addr string, timeout time.Duration) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{addr: addr, base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: timeout}}
+}
+
+// Addr is the address the client talks to.
+func (c *Client) Addr() string { return c.addr }
+
+// Unreachable reports whether err means the bdrd could not be reached at all.
+func Unreachable(err error) bool {
+	var ue *url.Error
+	var ne net.Error
+	var e *Error
+	return !errors.As(err, &e) && (errors.As(err, &ue) || errors.As(err, &ne))
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("bdrd at %s: %w", c.addr, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("bdrd at %s is unreachable: %w", c.addr, unwrapURL(err))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("bdrd at %s: read answer: %w", c.addr, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e Error
+		if json.Unmarshal(data, &e) != nil || e.Message == "" {
+			e.Message = fmt.Sprintf("bdrd at %s answered %s", c.addr, resp.Status)
+		}
+		e.Status = resp.StatusCode
+		return &e
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("bdrd at %s: malformed answer: %w", c.addr, err)
+	}
+	return nil
+}
+
+// unwrapURL keeps the cause of a transport error and drops the repeated URL.
+func unwrapURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &netError{ue.Err}
+	}
+	return err
+}
+
+type netError struct{ err error }
+
+func (e *netError) Error() string   { return e.err.Error() }
+func (e *netError) Unwrap() error   { return e.err }
+func (e *netError) Timeout() bool   { var ne net.Error; return errors.As(e.err, &ne) && ne.Timeout() }
+func (e *netError) Temporary() bool { return false }
+
+// Info asks the bdrd about itself.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var out Info
+	return out, c.do(ctx, http.MethodGet, "/v1/node", nil, &out)
+}
+
+// Status returns the group's status as this bdrd sees it (group) or only
+// its own streams.
+func (c *Client) Status(ctx context.Context, group bool) (Status, error) {
+	var out Status
+	path := "/v1/status"
+	if !group {
+		path += "?scope=local"
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Init makes the node the first member of a new group.
+func (c *Client) Init(ctx context.Context) (Info, error) {
+	var out Info
+	return out, c.do(ctx, http.MethodPost, "/v1/init", struct{}{}, &out)
+}
+
+// Join starts a join of the node through via.
+func (c *Client) Join(ctx context.Context, via string) (JoinProgress, error) {
+	var out JoinProgress
+	return out, c.do(ctx, http.MethodPost, "/v1/join", JoinRequest{Via: via}, &out)
+}
+
+// JoinProgress reports the node's join.
+func (c *Client) JoinProgress(ctx context.Context) (JoinProgress, error) {
+	var out JoinProgress
+	return out, c.do(ctx, http.MethodGet, "/v1/join", nil, &out)
+}
+
+// Part removes node name from the group.
+func (c *Client) Part(ctx context.Context, name string) (PartResult, error) {
+	var out PartResult
+	return out, c.do(ctx, http.MethodPost, "/v1/part", PartRequest{Name: name}, &out)
+}
+
+// Checksums returns per-table checksums of the node's database.
+func (c *Client) Checksums(ctx context.Context) (Checksums, error) {
+	var out Checksums
+	return out, c.do(ctx, http.MethodGet, "/v1/checksums", nil, &out)
+}
+
+// Admit asks a member to admit a joining node.
+func (c *Client) Admit(ctx context.Context, r AdmitRequest) (AdmitResponse, error) {
+	var out AdmitResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/internal/admit", r, &out)
+}
+
+// UpsertNode tells a member about a node.
+func (c *Client) UpsertNode(ctx context.Context, n Node) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/nodes", n, nil)
+}
+
+// Pause holds the member's appliers for at most lease.
+func (c *Client) Pause(ctx context.Context, lease time.Duration) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/pause", PauseRequest{LeaseMillis: lease.Milliseconds()}, nil)
+}
+
+// Resume releases the member's appliers.
+func (c *Client) Resume(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/resume", struct{}{}, nil)
+}
+
+// WaitProcessed waits until the member's stream from peer is past lsn.
+func (c *Client) WaitProcessed(ctx context.Context, peer, lsn string) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/wait", WaitRequest{Peer: peer, LSN: lsn}, nil)
+}
+
+// DropNode makes the member forget node name: streams, slot and origin.
+func (c *Client) DropNode(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/drop-node", NameRequest{Name: name}, nil)
+}
+
+// Leave makes the node stop replicating and drop its own slots and origins.
+func (c *Client) Leave(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/internal/leave", struct{}{}, nil)
+}

@@ -1,0 +1,154 @@
+package adminapi
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/checksum"
+)
+
+// Error is an admin API error: an HTTP status and a one-line message.
+type Error struct {
+	Status  int    `json:"-"`
+	Message string `json:"error"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf returns an *Error with status.
+func Errorf(status int, format string, args ...any) error {
+	return &Error{Status: status, Message: fmt.Sprintf(format, args...)}
+}
+
+// Common error constructors.
+func BadRequest(format string, args ...any) error {
+	return Errorf(http.StatusBadRequest, format, args...)
+}
+func NotFound(format string, args ...any) error { return Errorf(http.StatusNotFound, format, args...) }
+func Conflict(format string, args ...any) error { return Errorf(http.StatusConflict, format, args...) }
+func Unavailable(format string, args ...any) error {
+	return Errorf(http.StatusServiceUnavailable, format, args...)
+}
+
+// Node describes a member of the group.
+type Node struct {
+	ID        int32     `json:"id"`
+	Name      string    `json:"name"`
+	State     string    `json:"state"`
+	PublicDSN string    `json:"public_dsn"`
+	AdminAddr string    `json:"admin_addr"`
+	Since     time.Time `json:"since,omitempty"`
+	// Reachable is set in status answers: whether this node's bdrd answered.
+	Reachable *bool `json:"reachable,omitempty"`
+}
+
+// Info is what a bdrd says about itself.
+type Info struct {
+	Name      string `json:"name"`
+	ID        int32  `json:"id"` // 0 before init or join
+	State     string `json:"state"`
+	PublicDSN string `json:"public_dsn"`
+	AdminAddr string `json:"admin_addr"`
+	Version   string `json:"version"`
+}
+
+// Stream describes one replication stream, From -> To.
+type Stream struct {
+	From       string    `json:"from"`
+	To         string    `json:"to"`
+	State      string    `json:"state"`
+	Since      time.Time `json:"since,omitempty"`
+	LagBytes   int64     `json:"lag_bytes"`
+	LagSeconds float64   `json:"lag_seconds"`
+	LastCommit time.Time `json:"last_applied_commit_time,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	Paused     bool      `json:"paused,omitempty"`
+}
+
+// Status is the answer to GET /v1/status.
+type Status struct {
+	Node      Info          `json:"node"`
+	Nodes     []Node        `json:"nodes"`
+	Streams   []Stream      `json:"streams"`
+	Join      *JoinProgress `json:"join,omitempty"`
+	Conflicts int64         `json:"conflicts"`
+	// Unreachable lists members whose streams could not be read.
+	Unreachable []string `json:"unreachable,omitempty"`
+}
+
+// JoinRequest asks a node to join the group through Via (a member's admin address).
+type JoinRequest struct {
+	Via string `json:"via"`
+}
+
+// Join phases, in order.
+const (
+	PhaseAdmitted   = "admitted"
+	PhaseSlots      = "creating slots"
+	PhaseWaitVia    = "waiting for the via node"
+	PhaseSnapshot   = "snapshot"
+	PhaseCopying    = "copying"
+	PhaseStreams    = "starting streams"
+	PhaseCatchingUp = "catching up"
+	PhaseReady      = "ready"
+	PhaseFailed     = "failed"
+)
+
+// JoinProgress reports a join.
+type JoinProgress struct {
+	Phase   string    `json:"phase"`
+	Message string    `json:"message,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Done    bool      `json:"done"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
+}
+
+// PartRequest asks to remove node Name from the group.
+type PartRequest struct {
+	Name string `json:"name"`
+}
+
+// PartResult reports a part.
+type PartResult struct {
+	Name        string   `json:"name"`
+	Done        []string `json:"done"`                  // members that dropped the node
+	Unreachable []string `json:"unreachable,omitempty"` // members to clean up when they return
+}
+
+// AdmitRequest is a joiner's request to a member (internal).
+type AdmitRequest struct {
+	Name      string `json:"name"`
+	PublicDSN string `json:"public_dsn"`
+	AdminAddr string `json:"admin_addr"`
+}
+
+// AdmitResponse gives the joiner its id and the members (internal).
+type AdmitResponse struct {
+	NodeID  int32  `json:"node_id"`
+	Members []Node `json:"members"`
+}
+
+// PauseRequest pauses a node's appliers for at most LeaseMillis (internal).
+type PauseRequest struct {
+	LeaseMillis int64 `json:"lease_ms"`
+}
+
+// WaitRequest waits until the stream from Peer processed everything before
+// LSN (internal).
+type WaitRequest struct {
+	Peer string `json:"peer"`
+	LSN  string `json:"lsn"`
+}
+
+// NameRequest names a node (internal).
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// Checksums is the answer to GET /v1/checksums.
+type Checksums struct {
+	Node   string                  `json:"node"`
+	Tables map[string]checksum.Sum `json:"tables"`
+}

@@ -1,0 +1,173 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the catalog needs from a connection, pool or transaction.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Schema is the name of bdr's own schema. Nothing in it replicates.
+const Schema = "bdr"
+
+// migrations are applied in order; each runs once, in its own transaction,
+// and its index+1 is the schema version it produces. Never edit a released
+// migration: append a new one.
+var migrations = []string{
+	// 1: node catalog, conflict history, stream status and the status view.
+	`
+CREATE SCHEMA IF NOT EXISTS bdr;
+
+CREATE TABLE bdr.schema_version (
+	version    int PRIMARY KEY,
+	applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE bdr.nodes (
+	node_id          int PRIMARY KEY CHECK (node_id > 0),
+	node_name        text NOT NULL CHECK (node_name ~ '^[a-z][a-z0-9_]{0,30}$'),
+	state            text NOT NULL CHECK (state IN ('joining', 'active', 'parting', 'parted')),
+	is_local         boolean NOT NULL DEFAULT false,
+	public_dsn       text NOT NULL,
+	admin_addr       text NOT NULL,
+	created_at       timestamptz NOT NULL DEFAULT now(),
+	state_changed_at timestamptz NOT NULL DEFAULT now()
+);
+-- A parted name may join again: names are unique among the current members only.
+CREATE UNIQUE INDEX nodes_current_name ON bdr.nodes (node_name) WHERE state <> 'parted';
+CREATE UNIQUE INDEX nodes_one_local ON bdr.nodes (is_local) WHERE is_local AND state <> 'parted';
+
+CREATE TABLE bdr.conflict_history (
+	conflict_id          bigserial PRIMARY KEY,
+	local_node_id        int NOT NULL,
+	local_node_name      text NOT NULL,
+	remote_node_id       int NOT NULL,
+	remote_node_name     text NOT NULL,
+	schema_name          text NOT NULL,
+	table_name           text NOT NULL,
+	conflict_type        text NOT NULL,
+	resolution           text NOT NULL,
+	reason               text NOT NULL,
+	local_tuple          jsonb,
+	local_commit_time    timestamptz,
+	local_origin_node_id int,
+	remote_tuple         jsonb,
+	remote_xid           bigint NOT NULL,
+	remote_commit_time   timestamptz NOT NULL,
+	remote_commit_lsn    pg_lsn NOT NULL,
+	local_time           timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX conflict_history_local_time ON bdr.conflict_history (local_time);
+
+-- Written by bdrd about the streams it applies; unlogged: it is rebuilt
+-- within a second of a restart and must not cost WAL.
+CREATE UNLOGGED TABLE bdr.stream_status (
+	peer_name                text PRIMARY KEY,
+	state                    text NOT NULL,
+	lag_bytes                bigint,
+	lag_seconds              double precision,
+	last_applied_commit_time timestamptz,
+	last_error               text,
+	updated_at               timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE VIEW bdr.node_status AS
+SELECT n.node_name AS peer,
+       'incoming'::text AS direction,
+       coalesce(s.state, 'unknown') AS state,
+       s.lag_bytes,
+       s.lag_seconds,
+       s.last_applied_commit_time AS last_applied_remote_commit_time,
+       o.remote_lsn AS position,
+       s.last_error
+  FROM bdr.nodes n
+  LEFT JOIN bdr.stream_status s ON s.peer_name = n.node_name
+  LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = 'bdr_' || n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active')
+UNION ALL
+SELECT n.node_name,
+       'outgoing',
+       CASE WHEN sl.slot_name IS NULL THEN 'missing'
+            WHEN sl.active THEN 'streaming'
+            ELSE 'inactive' END,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sl.confirmed_flush_lsn)::bigint,
+       NULL,
+       NULL,
+       sl.confirmed_flush_lsn,
+       NULL
+  FROM bdr.nodes n
+  LEFT JOIN pg_catalog.pg_replication_slots sl
+         ON sl.slot_name = 'bdr_' || n.node_name AND sl.database = pg_catalog.current_database()
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+
+-- The node that wrote a row version, from the replication origin of its
+-- transaction (origin 0, local writes, is handled by the caller).
+CREATE FUNCTION bdr.origin_node_id(roident oid) RETURNS int
+LANGUAGE sql STABLE AS $$
+	SELECT n.node_id
+	  FROM pg_catalog.pg_replication_origin o
+	  JOIN bdr.nodes n ON o.roname = 'bdr_' || n.node_name AND n.state <> 'parted'
+	 WHERE o.roident = $1
+$$;
+`,
+}
+
+// Version is the schema version this build installs.
+func Version() int { return len(migrations) }
+
+// Migrate creates or upgrades the bdr schema to Version. It is safe to run
+// concurrently from several sessions: they serialize on an advisory lock.
+// It refuses a schema newer than this build.
+func Migrate(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('bdr.migrate'))`); err != nil {
+		return fmt.Errorf("migrate: lock: %w", err)
+	}
+	current, err := installedVersion(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if current > len(migrations) {
+		return fmt.Errorf("migrate: schema bdr is at version %d, newer than this bdrd (%d); upgrade bdrd", current, len(migrations))
+	}
+	for v := current + 1; v <= len(migrations); v++ {
+		if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO bdr.schema_version (version) VALUES ($1)`, v); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("migrate: commit: %w", err)
+	}
+	return nil
+}
+
+// installedVersion returns 0 when the schema does not exist yet.
+func installedVersion(ctx context.Context, db DB) (int, error) {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT to_regclass('bdr.schema_version') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, err
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM bdr.schema_version`).Scan(&v); err != nil {
+		return 0, err
+	}
+	return v, nil
+}

@@ -1,0 +1,108 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Node states in bdr.nodes.
+const (
+	StateJoining = "joining" // admitted; slots and data copy in progress
+	StateActive  = "active"  // a full member
+	StateParting = "parting" // being removed
+	StateParted  = "parted"  // removed; its name may join again
+)
+
+// Node is one row of bdr.nodes.
+type Node struct {
+	ID             int32     `json:"id"`
+	Name           string    `json:"name"`
+	State          string    `json:"state"`
+	IsLocal        bool      `json:"is_local"`
+	PublicDSN      string    `json:"public_dsn"`
+	AdminAddr      string    `json:"admin_addr"`
+	CreatedAt      time.Time `json:"created_at"`
+	StateChangedAt time.Time `json:"state_changed_at"`
+}
+
+// Current reports whether the node is a member now (not parted).
+func (n Node) Current() bool { return n.State != StateParted }
+
+// OriginName is the replication origin, on other nodes, of changes that
+// come from node name. The slot name on a provider, for subscriber name, is
+// the same string.
+func OriginName(name string) string { return "bdr_" + name }
+
+// SlotName is the logical slot on a provider that subscriber streams from.
+func SlotName(subscriber string) string { return "bdr_" + subscriber }
+
+const nodeColumns = `node_id, node_name, state, is_local, public_dsn, admin_addr, created_at, state_changed_at`
+
+func scanNode(row pgx.Row) (Node, error) {
+	var n Node
+	err := row.Scan(&n.ID, &n.Name, &n.State, &n.IsLocal, &n.PublicDSN, &n.AdminAddr, &n.CreatedAt, &n.StateChangedAt)
+	return n, err
+}
+
+// Nodes lists every node this node knows, parted ones included, by id.
+func Nodes(ctx context.Context, db DB) ([]Node, error) {
+	rows, err := db.Query(ctx, `SELECT `+nodeColumns+` FROM bdr.nodes ORDER BY node_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	nodes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Node, error) { return scanNode(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return nodes, nil
+}
+
+// LocalNode returns this node's own row; ok is false before init or join.
+func LocalNode(ctx context.Context, db DB) (Node, bool, error) {
+	n, err := scanNode(db.QueryRow(ctx, `SELECT `+nodeColumns+` FROM bdr.nodes
+		WHERE is_local AND state <> 'parted'`))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Node{}, false, nil
+	}
+	if err != nil {
+		return Node{}, false, fmt.Errorf("read local node: %w", err)
+	}
+	return n, true, nil
+}
+
+// UpsertNode records n, keyed by node id.
+func UpsertNode(ctx context.Context, db DB, n Node) error {
+	_, err := db.Exec(ctx, `INSERT INTO bdr.nodes (node_id, node_name, state, is_local, public_dsn, admin_addr)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name,
+			state = excluded.state, is_local = excluded.is_local, public_dsn = excluded.public_dsn,
+			admin_addr = excluded.admin_addr,
+			state_changed_at = CASE WHEN bdr.nodes.state = excluded.state THEN bdr.nodes.state_changed_at ELSE now() END`,
+		n.ID, n.Name, n.State, n.IsLocal, n.PublicDSN, n.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("record node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// SetNodeState changes the state of node id.
+func SetNodeState(ctx context.Context, db DB, id int32, state string) error {
+	_, err := db.Exec(ctx, `UPDATE bdr.nodes SET state = $2, state_changed_at = now()
+		WHERE node_id = $1 AND state <> $2`, id, state)
+	if err != nil {
+		return fmt.Errorf("set node %d %s: %w", id, state, err)
+	}
+	return nil
+}
+
+// DeleteNode removes node id from the catalog (used to undo a failed join).
+func DeleteNode(ctx context.Context, db DB, id int32) error {
+	if _, err := db.Exec(ctx, `DELETE FROM bdr.nodes WHERE node_id = $1`, id); err != nil {
+		return fmt.Errorf("delete node %d: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// StreamStatus is what bdrd publishes about one incoming stream in
+// bdr.stream_status (read through the bdr.node_status view).
+type StreamStatus struct {
+	Peer           string
+	State          string
+	LagBytes       int64
+	LagSeconds     float64
+	LastCommitTime time.Time // zero: nothing applied since start
+	LastError      string
+}
+
+// WriteStreamStatus replaces the stream status rows with statuses.
+func WriteStreamStatus(ctx context.Context, db DB, statuses []StreamStatus) error {
+	peers := make([]string, 0, len(statuses))
+	for _, s := range statuses {
+		peers = append(peers, s.Peer)
+		var last *time.Time
+		if !s.LastCommitTime.IsZero() {
+			t := s.LastCommitTime
+			last = &t
+		}
+		var lastErr *string
+		if s.LastError != "" {
+			lastErr = &s.LastError
+		}
+		_, err := db.Exec(ctx, `INSERT INTO bdr.stream_status
+			(peer_name, state, lag_bytes, lag_seconds, last_applied_commit_time, last_error, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, now())
+			ON CONFLICT (peer_name) DO UPDATE SET state = excluded.state, lag_bytes = excluded.lag_bytes,
+				lag_seconds = excluded.lag_seconds, last_applied_commit_time = excluded.last_applied_commit_time,
+				last_error = excluded.last_error, updated_at = excluded.updated_at`,
+			s.Peer, s.State, s.LagBytes, s.LagSeconds, last, lastErr)
+		if err != nil {
+			return fmt.Errorf("write stream status of %s: %w", s.Peer, err)
+		}
+	}
+	if _, err := db.Exec(ctx, `DELETE FROM bdr.stream_status WHERE NOT (peer_name = ANY ($1))`, peers); err != nil {
+		return fmt.Errorf("write stream status: %w", err)
+	}
+	return nil
+}

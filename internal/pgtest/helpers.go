@@ -1,0 +1,134 @@
+package pgtest
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+	"github.com/jackc/pgx/v5"
+)
+
+// opTimeout bounds one helper operation (connect, create, drop, exec).
+const opTimeout = time.Minute
+
+// names numbers the names made by UniqueName.
+var names atomic.Uint64
+
+// maxName is the longest name UniqueName returns.
+const maxName = 31
+
+// UniqueName returns a name unique within the test process, made of prefix
+// (lowercased, other characters than [a-z0-9_] replaced by '_', truncated)
+// and a counter, matching [a-z][a-z0-9_]{0,30}. Use it for objects that are
+// server-wide, like databases, roles and replication slots.
+func UniqueName(t testing.TB, prefix string) string {
+	t.Helper()
+	suffix := "_" + strconv.FormatUint(names.Add(1), 36)
+	var b strings.Builder
+	for _, r := range strings.ToLower(prefix) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	p := b.String()
+	if p == "" || p[0] < 'a' || p[0] > 'z' {
+		p = "n" + p
+	}
+	if room := maxName - len(suffix); len(p) > room {
+		p = p[:room]
+	}
+	return p + suffix
+}
+
+// NewDB creates a fresh database on s and returns its name and DSN. The
+// database is dropped when the test ends, with its replication slots and
+// WITH (FORCE), unless the server is no longer running.
+func NewDB(t testing.TB, s *pgcluster.Server) (name, dsn string) {
+	t.Helper()
+	name = UniqueName(t, "db")
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := s.CreateDatabase(ctx, name); err != nil {
+		t.Fatalf("new database: %v", err)
+	}
+	t.Cleanup(func() {
+		if !s.Running() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		if err := s.DropDatabase(ctx, name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return name, s.DSN(name)
+}
+
+// Conn connects to dsn; the connection is closed when the test ends.
+func Conn(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %q: %v", dsn, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		conn.Close(ctx)
+	})
+	return conn
+}
+
+// Exec runs sql with args on a new connection to dsn and fails the test on
+// error.
+func Exec(t testing.TB, dsn, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %q: %v", dsn, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+// WaitFor polls cond until it returns true, failing the test if that does
+// not happen within timeout. An error from cond does not stop the polling
+// (the condition may depend on something not there yet); the last one is
+// reported on failure. what describes the condition for the failure message.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	wait := 10 * time.Millisecond
+	var lastErr error
+	for {
+		ok, err := cond()
+		if ok && err == nil {
+			return
+		}
+		if err != nil {
+			lastErr = err
+		}
+		if time.Now().After(deadline) {
+			if lastErr != nil {
+				t.Fatalf("timed out after %s waiting for %s (last error: %v)", time.Since(start).Round(time.Millisecond), what, lastErr)
+			}
+			t.Fatalf("timed out after %s waiting for %s", time.Since(start).Round(time.Millisecond), what)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 250*time.Millisecond)
+	}
+}
