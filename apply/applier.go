@@ -278,15 +278,13 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 	if err != nil {
 		return err
 	}
-	if !p.resolving() && c.Op == decoder.Insert {
-		rows.ins++
-		a.send(ctx, p.insert, values(c.New), op{kind: opChange, txn: i, what: "insert into " + p.table})
-		return nil
-	}
-	if len(p.keys) == 0 {
+	if len(p.keys) == 0 && c.Op != decoder.Insert {
 		return fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
 	}
-	params := []param{{data: []byte(p.rel.Schema)}, {data: []byte(p.rel.Name)}}
+	var params []param
+	if p.resolving() {
+		params = []param{{data: []byte(p.rel.Schema)}, {data: []byte(p.rel.Name)}}
+	}
 	switch c.Op {
 	case decoder.Insert:
 		rows.ins++

@@ -17,13 +17,24 @@ import (
 // UPDATE statements depend on which columns the change carries (unchanged
 // TOAST values are left out) and are built on first use of each shape.
 //
-// Every statement of a relation with a replica identity resolves conflicts
-// itself: it locks the local row with the key, applies the change or not as
-// package conflict decides, and records any conflict in
-// bdr.conflict_history, all in one statement (see conflict.InsertSQL).
-// Parameters: $1 schema and $2 table name (for the history), then the key
+// For a relation with a key (primary key or replica identity index) every
+// change is one statement that applies the row and resolves any conflict
+// inside PostgreSQL, so applying stays pipelined whatever the conflict rate:
+//
+//   - the decision (package conflict) is a condition of the UPDATE, the
+//     DELETE or the INSERT ... ON CONFLICT DO UPDATE itself, evaluated on
+//     the row version the statement changes; when a local transaction
+//     changes the row concurrently, PostgreSQL re-evaluates it on the newer
+//     version, so the decision always sees the version it replaces;
+//   - when the change is not applied (or, for a DELETE, when the deleted
+//     version was newer), the same statement writes the conflict to
+//     bdr.conflict_history; only then is the local row looked up for the
+//     record.
+//
+// Parameters: $1 schema and $2 table name (for the record), then the key
 // values (UPDATE, DELETE) or all column values (INSERT), then for UPDATE the
-// values of the present columns.
+// values of the present columns. Statements of relations without a key
+// take only the values.
 type plan struct {
 	rel     *decoder.Relation
 	table   string   // quoted "schema"."name"
@@ -117,7 +128,7 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 // resolving reports whether the relation's changes go through conflict
 // resolution: it needs a key that identifies one row. Rows of tables
 // without one (no replica identity, or FULL, where equal rows may
-// legitimately repeat) are inserted as they come.
+// legitimately repeat) are applied as they come.
 func (p *plan) resolving() bool { return len(p.keys) > 0 && !p.full }
 
 func placeholder(n int, typ string) string { return "$" + strconv.Itoa(n) + "::" + typ }
@@ -139,53 +150,100 @@ func setting(name, typ string) string {
 	return fmt.Sprintf("pg_catalog.current_setting('%s')::%s", name, typ)
 }
 
-// lookupCTE locks the local row whose key matches the parameters at
-// keyParams (one per key column) and describes its version.
-func (p *plan) lookupCTE(keyParams []int) string {
+// nodeOf maps the replication origin of a row version to the node that
+// wrote it (origin 0 is a local write).
+func nodeOf(ro string) string {
+	return fmt.Sprintf("CASE WHEN %s = 0 THEN %s ELSE coalesce(bdr.origin_node_id(%s), 0) END", ro, setting(setLocalID, "int"), ro)
+}
+
+func mine(xmin string) string { return xmin + " = pg_catalog.pg_current_xact_id()::xid" }
+
+// inputs are the decision inputs for a row version whose commit time and
+// origin are in c (from pg_xact_commit_timestamp_origin).
+func inputs(found, mineExpr, c string) conflict.Inputs {
+	return conflict.Inputs{
+		Found:      found,
+		Same:       fmt.Sprintf("coalesce(%s OR %s.roident = %s, false)", mineExpr, c, setting(setOrigin, "oid")),
+		LocalTS:    c + ".timestamp",
+		LocalNode:  nodeOf(c + ".roident"),
+		RemoteTS:   setting(setCommitTS, "timestamptz"),
+		RemoteNode: setting(setRemoteID, "int"),
+	}
+}
+
+// onVersion evaluates a boolean decision expression on the row version
+// with xmin (a correlated subquery: it is re-evaluated when PostgreSQL
+// follows a concurrently updated row to its newer version).
+func onVersion(xmin string, expr func(conflict.Inputs) string) string {
+	return fmt.Sprintf("(SELECT %s FROM pg_catalog.pg_xact_commit_timestamp_origin(%s) c)",
+		expr(inputs("true", mine(xmin), "c")), xmin)
+}
+
+// base is the number of the first value parameter: $3 after the schema
+// and table names of a resolving statement, else $1.
+func (p *plan) base() int {
+	if p.resolving() {
+		return 3
+	}
+	return 1
+}
+
+// keyParams numbers the key parameters: the key values come first, or for
+// an INSERT, which passes every column, are among them.
+func (p *plan) keyParams(insert bool) []int {
+	ps := make([]int, len(p.keys))
+	for i, k := range p.keys {
+		if insert {
+			ps[i] = k + p.base()
+		} else {
+			ps[i] = i + p.base()
+		}
+	}
+	return ps
+}
+
+// keyConds matches the row whose key columns equal the parameters params.
+func (p *plan) keyConds(alias string, params []int) string {
 	op := "="
 	if p.full {
 		op = "IS NOT DISTINCT FROM"
 	}
 	conds := make([]string, len(p.keys))
 	for i, k := range p.keys {
-		conds[i] = fmt.Sprintf("t.%s %s %s", p.cols[k], op, placeholder(keyParams[i], p.types[k]))
+		conds[i] = fmt.Sprintf("%s.%s %s %s", alias, p.cols[k], op, placeholder(params[i], p.types[k]))
 	}
-	return fmt.Sprintf(`l AS (
-	SELECT t.ctid AS tid, t.xmin = pg_catalog.pg_current_xact_id()::xid AS mine, c.timestamp AS ts, c.roident AS ro
+	return strings.Join(conds, " AND ")
+}
+
+// lookup describes, for the conflict record, the local row with the key
+// params as the statement's snapshot sees it: l.found, l.row, l.c (its
+// commit time and origin) and l.mine.
+func (p *plan) lookup(params []int) string {
+	return fmt.Sprintf(`(SELECT true AS found, t AS row, %s AS mine, c
 	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) c ON true
-	WHERE %s LIMIT 1 FOR UPDATE OF t
-), d AS (
-	SELECT true AS found, l.tid, l.ts,
-		(l.mine OR l.ro = %s) AS same,
-		CASE WHEN l.ro = 0 THEN %s ELSE coalesce(bdr.origin_node_id(l.ro), 0) END AS node
-	FROM (SELECT 1) one LEFT JOIN l ON true
-)`, p.table, strings.Join(conds, " AND "), setting(setOrigin, "oid"), setting(setLocalID, "int"))
+	WHERE %s LIMIT 1)`, mine("t.xmin"), p.table, p.keyConds("t", params))
 }
 
-var decisionInputs = conflict.Inputs{
-	Found:      "coalesce(d.found, false)",
-	Same:       "coalesce(d.same, false)",
-	LocalTS:    "d.ts",
-	LocalNode:  "d.node",
-	RemoteTS:   setting(setCommitTS, "timestamptz"),
-	RemoteNode: setting(setRemoteID, "int"),
-}
-
-// historyCTE records the conflict decided by dec; tuple is the SQL of the
-// remote tuple as jsonb.
-func (p *plan) historyCTE(dec conflict.DecisionSQL, tuple string) string {
+// record inserts the conflict_history row of a conflict; the FROM clause
+// must provide l (see lookup) and the decision expressions.
+func (p *plan) record(dec conflict.DecisionSQL, resolution, tuple, from string) string {
 	return fmt.Sprintf(`h AS (
 	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
 		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
 		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
 	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, %s, %s,
-		(SELECT pg_catalog.to_jsonb(x) FROM ONLY %s x WHERE x.ctid = d.tid),
-		d.ts, CASE WHEN d.ts IS NOT NULL THEN d.node END, %s, %s, %s, %s
-	FROM d WHERE %s
+		pg_catalog.to_jsonb(l.row), (l.c).timestamp, CASE WHEN (l.c).timestamp IS NOT NULL THEN %s END,
+		%s, %s, %s, %s
+	%s
 	RETURNING conflict_type
 )`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
-		dec.Type, dec.Resolution, dec.Reason, p.table, tuple,
-		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), dec.Record)
+		dec.Type, resolution, dec.Reason, nodeOf("(l.c).roident"), tuple,
+		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), from)
+}
+
+// recordInputs are the decision inputs of the looked-up row l.
+func recordInputs() conflict.Inputs {
+	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)")
 }
 
 // tupleJSON is the jsonb of the columns at positions cols, whose values are
@@ -198,55 +256,45 @@ func (p *plan) tupleJSON(cols []int, first int) string {
 	return fmt.Sprintf("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT %s) r)", strings.Join(items, ", "))
 }
 
-func (p *plan) allCols() []int {
-	all := make([]int, len(p.cols))
-	for i := range all {
-		all[i] = i
-	}
-	return all
-}
-
 func (p *plan) insertSQL() string {
-	all := p.allCols()
-	vals := make([]string, len(all))
 	if !p.resolving() {
-		// A plain insert takes only the column values.
-		for i := range all {
+		vals := make([]string, len(p.cols))
+		for i := range p.cols {
 			vals[i] = placeholder(i+1, p.types[i])
 		}
 		return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
 	}
-	for i := range all {
+	all := make([]int, len(p.cols))
+	vals := make([]string, len(p.cols))
+	sets := make([]string, len(p.cols))
+	for i, c := range p.cols {
+		all[i] = i
 		vals[i] = placeholder(i+3, p.types[i])
+		sets[i] = fmt.Sprintf("%s = excluded.%s", c, c)
 	}
-	keyParams := make([]int, len(p.keys))
+	keyCols := make([]string, len(p.keys))
 	for i, k := range p.keys {
-		keyParams[i] = k + 3
+		keyCols[i] = p.cols[k]
 	}
-	dec := conflict.InsertSQL(decisionInputs)
-	sets := make([]string, len(all))
-	for i := range all {
-		sets[i] = fmt.Sprintf("%s = %s", p.cols[i], vals[i])
-	}
-	return fmt.Sprintf(`WITH %s,
-i AS (
-	INSERT INTO %s (%s) SELECT %s FROM d WHERE NOT coalesce(d.found, false) RETURNING 1
-), u AS (
-	UPDATE ONLY %s t SET %s FROM d WHERE t.ctid = d.tid AND %s RETURNING 1
+	wins := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
+	dec := conflict.InsertSQL(recordInputs())
+	return fmt.Sprintf(`WITH i AS (
+	INSERT INTO %s AS t (%s) VALUES (%s)
+	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
+	RETURNING t.xmax = 0 AS inserted
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.lookupCTE(keyParams), p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "),
-		p.table, strings.Join(sets, ", "), dec.Apply,
-		p.historyCTE(dec, p.tupleJSON(all, 3)))
+		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "),
+		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
+		p.record(dec, fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END", conflict.KeepRemote, conflict.KeepLocal),
+			p.tupleJSON(all, 3),
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)) g LEFT JOIN LATERAL %s l ON true",
+				p.lookup(p.keyParams(true)))))
 }
 
 // updateSQL is the UPDATE of the columns present in mask.
 func (p *plan) updateSQL(mask string) string {
-	keyParams := make([]int, len(p.keys))
-	for i := range p.keys {
-		keyParams[i] = i + 3
-	}
-	next := len(p.keys) + 3
+	next := len(p.keys) + p.base()
 	first := next
 	var sets []string
 	var present []int
@@ -258,36 +306,36 @@ func (p *plan) updateSQL(mask string) string {
 		}
 	}
 	if p.full {
-		return fmt.Sprintf(`WITH %s
-UPDATE ONLY %s t SET %s FROM d WHERE t.ctid = d.tid`, p.lookupCTE(keyParams), p.table, strings.Join(sets, ", "))
+		return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
+			p.table, strings.Join(sets, ", "), p.table, p.keyConds("x", p.keyParams(false)))
 	}
-	dec := conflict.UpdateSQL(decisionInputs)
-	return fmt.Sprintf(`WITH %s,
-u AS (
-	UPDATE ONLY %s t SET %s FROM d WHERE t.ctid = d.tid AND %s RETURNING 1
+	apply := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	dec := conflict.UpdateSQL(recordInputs())
+	return fmt.Sprintf(`WITH u AS (
+	UPDATE ONLY %s t SET %s WHERE %s AND (%s OR %s) RETURNING 1
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.lookupCTE(keyParams), p.table, strings.Join(sets, ", "), dec.Apply,
-		p.historyCTE(dec, p.tupleJSON(present, first)))
+		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false)), mine("t.xmin"), apply,
+		p.record(dec, dec.Resolution, p.tupleJSON(present, first),
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)) g LEFT JOIN LATERAL %s l ON true", p.lookup(p.keyParams(false)))))
 }
 
 func (p *plan) deleteSQL() string {
-	keyParams := make([]int, len(p.keys))
-	for i := range p.keys {
-		keyParams[i] = i + 3
-	}
 	if p.full {
-		return fmt.Sprintf(`WITH %s
-DELETE FROM ONLY %s t USING d WHERE t.ctid = d.tid`, p.lookupCTE(keyParams), p.table)
+		return fmt.Sprintf("DELETE FROM ONLY %s t WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
+			p.table, p.table, p.keyConds("x", p.keyParams(false)))
 	}
-	dec := conflict.DeleteSQL(decisionInputs)
-	return fmt.Sprintf(`WITH %s,
-x AS (
-	DELETE FROM ONLY %s t USING d WHERE t.ctid = d.tid AND %s RETURNING 1
+	dec := conflict.DeleteSQL(recordInputs())
+	return fmt.Sprintf(`WITH x AS (
+	DELETE FROM ONLY %s t WHERE %s RETURNING t AS row, t.xmin AS xm
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.lookupCTE(keyParams), p.table, dec.Apply,
-		p.historyCTE(dec, p.tupleJSON(p.keys, 3)))
+		p.table, p.keyConds("t", p.keyParams(false)),
+		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
+			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
+		SELECT true AS found, x.row, %s AS mine, c FROM x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xm) c ON true
+	) l ON true
+	WHERE %s`, mine("x.xm"), dec.Record)))
 }
 
 // presence is the mask of columns a tuple carries (not unchanged-TOAST).

@@ -137,7 +137,7 @@ func (r *receiver) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("keepalive from %s: %w", r.peer.Name, err)
 		}
-		r.track.serverPosition(ka.ServerWALEnd)
+		r.track.serverPosition(ka.ServerWALEnd, r.dec.InTxn())
 		if ka.ReplyRequested {
 			return r.sendStatus(false)
 		}
@@ -146,11 +146,11 @@ func (r *receiver) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("wal data from %s: %w", r.peer.Name, err)
 		}
-		r.track.serverPosition(xld.ServerWALEnd)
 		txn, err := r.dec.Decode(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("stream from %s: %w", r.peer.Name, err)
 		}
+		r.track.serverPosition(xld.ServerWALEnd, r.dec.InTxn())
 		if txn != nil {
 			return r.deliver(ctx, txn)
 		}

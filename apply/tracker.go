@@ -23,6 +23,7 @@ type tracker struct {
 	confirm  decoder.LSN  // confirmable provider position
 
 	serverEnd   decoder.LSN // provider's WAL end, from the latest message
+	midTxn      bool        // the decoder is inside a transaction being received
 	processed   decoder.LSN // end of the last transaction done
 	lastCommit  time.Time   // commit time of the last transaction applied
 	lastApplied time.Time   // when it was applied
@@ -94,12 +95,14 @@ func (t *tracker) unflushed() bool {
 	return t.applied > 0
 }
 
-// serverPosition records the provider's WAL end seen in a message.
-func (t *tracker) serverPosition(end decoder.LSN) {
+// serverPosition records the provider's WAL end seen in a message, and
+// whether the decoder is in the middle of a transaction after it.
+func (t *tracker) serverPosition(end decoder.LSN, midTxn bool) {
 	t.mu.Lock()
 	if end > t.serverEnd {
 		t.serverEnd = end
 	}
+	t.midTxn = midTxn
 	t.mu.Unlock()
 }
 
@@ -123,7 +126,7 @@ func (t *tracker) confirmable(decoderIdle bool) decoder.LSN {
 func (t *tracker) lag(now time.Time) (bytes int64, seconds float64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.serverEnd > t.processed {
+	if t.serverEnd > t.processed && (len(t.queue) > 0 || t.midTxn) {
 		bytes = int64(t.serverEnd - t.processed)
 	}
 	if t.applied < len(t.queue) {

@@ -12,10 +12,11 @@ type Type string
 const (
 	// InsertInsert: a remote INSERT found a local row with the same key.
 	InsertInsert Type = "insert_insert"
-	// UpdateUpdate: a remote UPDATE found the row last written by another node.
+	// UpdateUpdate: a remote UPDATE found the row changed by another node
+	// since (its version is at least as new as the update).
 	UpdateUpdate Type = "update_update"
-	// UpdateDelete: a remote DELETE found the row last written by another node
-	// (the row was updated on one node while deleted on another).
+	// UpdateDelete: a remote DELETE found the row changed by another node
+	// since (the row was updated on one node while deleted on another).
 	UpdateDelete Type = "update_delete"
 	// UpdateMissing: a remote UPDATE found no row with its key.
 	UpdateMissing Type = "update_missing"
@@ -36,6 +37,16 @@ const (
 	Skip Resolution = "skip_change"
 )
 
+// Op is the kind of remote change.
+type Op int
+
+// Remote change kinds.
+const (
+	Insert Op = iota + 1
+	Update
+	Delete
+)
+
 // Version identifies one version of a row: who committed it and when, both
 // as seen by the origin node (rule 1 keeps the origin's commit time).
 type Version struct {
@@ -47,9 +58,10 @@ type Version struct {
 	NodeID     int32
 }
 
-// newer reports whether v beats o under last-update-wins: the later commit
-// time wins, equal times go to the higher node id.
-func (v Version) newer(o Version) bool {
+// Newer reports whether v beats o under last-update-wins: the later commit
+// time wins (at microsecond precision, PostgreSQL's), equal times go to the
+// higher node id.
+func (v Version) Newer(o Version) bool {
 	switch {
 	case !v.Known:
 		return false
@@ -70,56 +82,69 @@ func (v Version) String() string {
 	return fmt.Sprintf("%s by node %d", v.CommitTime.UTC().Format("2006-01-02 15:04:05.000000Z"), v.NodeID)
 }
 
-// Decision is the outcome of a conflict.
+// Local is what the applier found locally under the key of a remote change.
+type Local struct {
+	Found bool
+	// Same: the local row was last written by the remote change's own node
+	// (or earlier in the same remote transaction), so applying is not a
+	// conflict whatever the times.
+	Same    bool
+	Version Version
+}
+
+// Decision is the outcome for one remote row change.
 type Decision struct {
+	// Conflict says whether a conflict happened and is recorded.
+	Conflict   bool
+	Type       Type
 	Resolution Resolution
-	// ApplyRemote says whether the remote change is applied (in full, on the
-	// local row) or skipped.
+	// ApplyRemote says whether the remote change is applied.
 	ApplyRemote bool
-	// Reason says which rule decided, with the two versions compared.
+	// Reason says which rule decided, with the versions compared.
 	Reason string
 }
 
-// Resolve decides a conflict of type t between the local row version (zero
-// Version when the row is missing) and the remote change.
+// Decide is the rule for every remote row change (DESIGN rule 3).
 //
-// Two nodes that see the same pair of versions always reach the same winner,
-// which is what makes the group converge.
-func Resolve(t Type, local, remote Version) Decision {
-	switch t {
-	case UpdateMissing:
-		return Decision{Resolution: Skip, Reason: "no local row with this key; the update has nothing to change"}
-	case DeleteMissing:
-		return Decision{Resolution: Skip, Reason: "no local row with this key; already deleted"}
-	case UpdateDelete:
-		// Without tombstones the node that deleted the row cannot compare
-		// times when the update reaches it (it finds no row and skips it),
-		// so the only outcome every node can agree on is that the delete wins.
-		return Decision{Resolution: DeleteWins, ApplyRemote: true,
-			Reason: fmt.Sprintf("delete wins over a concurrent update (local %s, remote delete %s)", local, remote)}
+// A conflict is a remote change that meets a local row written by another
+// node at the same time or later (the local row "changed since"), a remote
+// INSERT whose key exists, or a change whose row is missing. The later
+// commit wins, ties to the higher node id; a DELETE wins over a concurrent
+// UPDATE, because without tombstones the deleting node cannot compare times
+// when the update reaches it. Two nodes that see the same pair of versions
+// always reach the same outcome, which is what makes the group converge.
+//
+// A remote change newer than a local version written elsewhere is applied
+// without a record: it is the ordinary case of rows written on one node and
+// changed later on another. When that pair was in fact concurrent, the node
+// where the older change arrives last records it.
+func Decide(op Op, local Local, remote Version) Decision {
+	wins := remote.Newer(local.Version)
+	switch {
+	case op == Insert && !local.Found:
+		return Decision{ApplyRemote: true}
+	case op == Insert:
+		return luw(InsertInsert, local.Version, remote, wins)
+	case !local.Found && op == Update:
+		return Decision{Conflict: true, Type: UpdateMissing, Resolution: Skip,
+			Reason: "no local row with this key; the update has nothing to change"}
+	case !local.Found:
+		return Decision{Conflict: true, Type: DeleteMissing, Resolution: Skip,
+			Reason: "no local row with this key; already deleted"}
+	case local.Same || wins:
+		return Decision{ApplyRemote: true}
+	case op == Update:
+		return luw(UpdateUpdate, local.Version, remote, wins)
 	}
-	if remote.newer(local) {
-		return Decision{Resolution: KeepRemote, ApplyRemote: true,
-			Reason: fmt.Sprintf("remote %s is newer than local %s", remote, local)}
-	}
-	return Decision{Resolution: KeepLocal,
-		Reason: fmt.Sprintf("local %s is newer than or ties with remote %s", local, remote)}
+	return Decision{Conflict: true, Type: UpdateDelete, Resolution: DeleteWins, ApplyRemote: true,
+		Reason: fmt.Sprintf("delete wins over a concurrent update (local %s, remote delete %s)", local.Version, remote)}
 }
 
-// Record is one row of bdr.conflict_history.
-type Record struct {
-	LocalNodeID    int32
-	LocalNodeName  string
-	RemoteNodeID   int32
-	RemoteNodeName string
-	Schema, Table  string
-	Type           Type
-	Decision       Decision
-	// LocalTuple is the local row as jsonb text, nil when there is none.
-	LocalTuple []byte
-	// Local is the version of the local row, zero when there is none.
-	Local            Version
-	RemoteXid        uint32
-	RemoteCommitTime time.Time
-	RemoteCommitLSN  string
+func luw(t Type, local, remote Version, wins bool) Decision {
+	if wins {
+		return Decision{Conflict: true, Type: t, Resolution: KeepRemote, ApplyRemote: true,
+			Reason: fmt.Sprintf("remote %s is newer than local %s", remote, local)}
+	}
+	return Decision{Conflict: true, Type: t, Resolution: KeepLocal,
+		Reason: fmt.Sprintf("local %s is newer than or ties with remote %s", local, remote)}
 }

@@ -5,45 +5,55 @@ import (
 	"time"
 )
 
-func TestResolve(t *testing.T) {
+func TestDecide(t *testing.T) {
 	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
 	v := func(d time.Duration, node int32) Version {
 		return Version{Known: true, CommitTime: t0.Add(d), NodeID: node}
 	}
+	found := func(ver Version) Local { return Local{Found: true, Version: ver} }
 	tests := []struct {
-		name   string
-		typ    Type
-		local  Version
-		remote Version
-		want   Resolution
-		apply  bool
+		name     string
+		op       Op
+		local    Local
+		remote   Version
+		conflict bool
+		typ      Type
+		res      Resolution
+		apply    bool
 	}{
-		{"remote later wins", UpdateUpdate, v(0, 2), v(time.Millisecond, 1), KeepRemote, true},
-		{"local later wins", UpdateUpdate, v(time.Millisecond, 1), v(0, 2), KeepLocal, false},
-		{"tie goes to higher remote node", InsertInsert, v(0, 1), v(0, 2), KeepRemote, true},
-		{"tie goes to higher local node", InsertInsert, v(0, 3), v(0, 2), KeepLocal, false},
-		{"sub-microsecond differences tie", InsertInsert, v(0, 3), v(300*time.Nanosecond, 2), KeepLocal, false},
-		{"unknown local loses", UpdateUpdate, Version{}, v(0, 1), KeepRemote, true},
-		{"delete wins even when older", UpdateDelete, v(time.Second, 1), v(0, 2), DeleteWins, true},
-		{"update of missing row skipped", UpdateMissing, Version{}, v(0, 1), Skip, false},
-		{"delete of missing row skipped", DeleteMissing, Version{}, v(0, 1), Skip, false},
+		{"insert of a new key", Insert, Local{}, v(0, 1), false, "", "", true},
+		{"insert_insert, remote later", Insert, found(v(0, 2)), v(time.Millisecond, 1), true, InsertInsert, KeepRemote, true},
+		{"insert_insert, local later", Insert, found(v(time.Millisecond, 1)), v(0, 2), true, InsertInsert, KeepLocal, false},
+		{"insert_insert, tie to higher remote node", Insert, found(v(0, 1)), v(0, 2), true, InsertInsert, KeepRemote, true},
+		{"insert_insert, tie to higher local node", Insert, found(v(0, 3)), v(0, 2), true, InsertInsert, KeepLocal, false},
+		{"sub-microsecond differences tie", Insert, found(v(0, 3)), v(300*time.Nanosecond, 2), true, InsertInsert, KeepLocal, false},
+		{"update of a row from the same node", Update, Local{Found: true, Same: true, Version: v(time.Hour, 1)}, v(0, 2), false, "", "", true},
+		{"update of an older row from elsewhere", Update, found(v(0, 3)), v(time.Second, 2), false, "", "", true},
+		{"update of a row of unknown age", Update, found(Version{}), v(0, 2), false, "", "", true},
+		{"update_update, local changed since", Update, found(v(time.Second, 3)), v(0, 2), true, UpdateUpdate, KeepLocal, false},
+		{"update_update, tie", Update, found(v(0, 3)), v(0, 2), true, UpdateUpdate, KeepLocal, false},
+		{"update_missing", Update, Local{}, v(0, 1), true, UpdateMissing, Skip, false},
+		{"delete of an older row from elsewhere", Delete, found(v(0, 3)), v(time.Second, 2), false, "", "", true},
+		{"update_delete: delete wins even when older", Delete, found(v(time.Second, 1)), v(0, 2), true, UpdateDelete, DeleteWins, true},
+		{"delete_missing", Delete, Local{}, v(0, 1), true, DeleteMissing, Skip, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := Resolve(tt.typ, tt.local, tt.remote)
-			if d.Resolution != tt.want || d.ApplyRemote != tt.apply {
-				t.Fatalf("Resolve = %+v, want %s apply=%v", d, tt.want, tt.apply)
+			d := Decide(tt.op, tt.local, tt.remote)
+			if d.Conflict != tt.conflict || d.Type != tt.typ || d.Resolution != tt.res || d.ApplyRemote != tt.apply {
+				t.Fatalf("Decide = %+v, want conflict=%v %s %s apply=%v", d, tt.conflict, tt.typ, tt.res, tt.apply)
 			}
-			if d.Reason == "" {
-				t.Fatal("decision has no reason")
+			if d.Conflict && d.Reason == "" {
+				t.Fatal("conflict without a reason")
 			}
 		})
 	}
 }
 
-// TestResolveSymmetric checks the property convergence rests on: for two
-// distinct versions exactly one side wins whichever node evaluates it.
-func TestResolveSymmetric(t *testing.T) {
+// TestDecideConverges checks the property convergence rests on: when two
+// nodes hold the two versions of a row, each applying the other's, they end
+// with the same version.
+func TestDecideConverges(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	versions := []Version{
 		{},
@@ -54,13 +64,13 @@ func TestResolveSymmetric(t *testing.T) {
 	}
 	for i, a := range versions {
 		for j, b := range versions {
-			if i == j || (!a.Known && !b.Known) {
-				continue
+			if i == j || !a.Known || !b.Known {
+				continue // a remote change always has a known commit time
 			}
-			ab := Resolve(UpdateUpdate, a, b).ApplyRemote // on a node holding a, b arrives
-			ba := Resolve(UpdateUpdate, b, a).ApplyRemote // on a node holding b, a arrives
+			ab := Decide(Update, Local{Found: true, Version: a}, b).ApplyRemote // node holding a receives b
+			ba := Decide(Update, Local{Found: true, Version: b}, a).ApplyRemote // node holding b receives a
 			if ab == ba {
-				t.Errorf("versions %v and %v: both nodes chose the same side (%v), they would diverge", a, b, ab)
+				t.Errorf("versions %v and %v: both nodes took the same side (%v), they would diverge", a, b, ab)
 			}
 		}
 	}

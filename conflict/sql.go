@@ -4,7 +4,7 @@ import "fmt"
 
 // The applier resolves conflicts inside PostgreSQL, in the same statement
 // that applies a row, so that applying stays pipelined whatever the conflict
-// rate. The expressions below are the SQL form of Resolve; a test checks on
+// rate. The expressions below are the SQL form of Decide; a test checks on
 // a real server that both agree on every case.
 
 // Inputs names the SQL expressions the decision is computed from.
@@ -17,7 +17,7 @@ type Inputs struct {
 	RemoteNode string // int: node of the remote change
 }
 
-// Decision is a set of SQL expressions for one kind of change.
+// DecisionSQL is Decide as SQL expressions, for one kind of change.
 type DecisionSQL struct {
 	Record     string // boolean: a conflict happened and is recorded
 	Apply      string // boolean: the remote change is applied
@@ -48,7 +48,7 @@ func resolutionLUW(in Inputs) string {
 	return fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", RemoteWinsSQL(in), KeepRemote, KeepLocal)
 }
 
-// InsertSQL decides a remote INSERT: insert_insert when the key exists.
+// InsertSQL is Decide for a remote INSERT.
 func InsertSQL(in Inputs) DecisionSQL {
 	return DecisionSQL{
 		Record:     in.Found,
@@ -59,25 +59,28 @@ func InsertSQL(in Inputs) DecisionSQL {
 	}
 }
 
-// UpdateSQL decides a remote UPDATE: update_missing when there is no row,
-// update_update when another node wrote it last.
+// recordChange is when a remote UPDATE or DELETE is a conflict: the row is
+// missing, or another node changed it at the same time or later.
+func recordChange(in Inputs) string {
+	return fmt.Sprintf("(NOT %s OR NOT (%s OR %s))", in.Found, in.Same, RemoteWinsSQL(in))
+}
+
+// UpdateSQL is Decide for a remote UPDATE.
 func UpdateSQL(in Inputs) DecisionSQL {
 	return DecisionSQL{
-		Record: fmt.Sprintf("(NOT %s OR NOT %s)", in.Found, in.Same),
-		Apply:  fmt.Sprintf("(%s AND (%s OR %s))", in.Found, in.Same, RemoteWinsSQL(in)),
-		Type:   fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", in.Found, UpdateUpdate, UpdateMissing),
-		Resolution: fmt.Sprintf("CASE WHEN NOT %s THEN '%s' ELSE %s END",
-			in.Found, Skip, resolutionLUW(in)),
+		Record:     recordChange(in),
+		Apply:      fmt.Sprintf("(%s AND (%s OR %s))", in.Found, in.Same, RemoteWinsSQL(in)),
+		Type:       fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", in.Found, UpdateUpdate, UpdateMissing),
+		Resolution: fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", in.Found, KeepLocal, Skip),
 		Reason: fmt.Sprintf("CASE WHEN NOT %s THEN 'no local row with this key; the update has nothing to change' ELSE %s END",
 			in.Found, reasonLUW(in)),
 	}
 }
 
-// DeleteSQL decides a remote DELETE: delete_missing when there is no row,
-// update_delete (the delete wins) when another node wrote it last.
+// DeleteSQL is Decide for a remote DELETE.
 func DeleteSQL(in Inputs) DecisionSQL {
 	return DecisionSQL{
-		Record:     fmt.Sprintf("(NOT %s OR NOT %s)", in.Found, in.Same),
+		Record:     recordChange(in),
 		Apply:      in.Found,
 		Type:       fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", in.Found, UpdateDelete, DeleteMissing),
 		Resolution: fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", in.Found, DeleteWins, Skip),

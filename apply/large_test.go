@@ -1,0 +1,38 @@
+package apply_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/grouptest"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+	"github.com/bdr-dev/bdr/internal/pgtest"
+)
+
+// TestLargeTransaction replicates one INSERT of two million rows. The
+// provider streams it while in progress; bdrd spills it to disk, so its peak
+// RSS stays under 200 MB.
+func TestLargeTransaction(t *testing.T) {
+	t.Parallel()
+	const rows = 2_000_000
+	servers := []*pgcluster.Server{pgtest.Shared(t, 1), pgtest.Shared(t, 2)}
+	nodes := grouptest.Group(t, servers, "large", bdrdBinary, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE big (id bigint PRIMARY KEY, v text NOT NULL)`)
+	})
+	start := time.Now()
+	nodes[0].Exec(`INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, $1::int) g`, rows)
+	grouptest.WaitQuiet(t, nodes, 10*time.Minute)
+	t.Logf("%d rows replicated in %s", rows, time.Since(start).Round(time.Millisecond))
+	grouptest.AssertConverged(t, nodes)
+	if got := nodes[1].QueryInt(`SELECT count(*) FROM big`); got != rows {
+		t.Fatalf("%s has %d rows, want %d", nodes[1].Name, got, rows)
+	}
+	rss, err := grouptest.PeakRSS(nodes[1].PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("peak RSS of the applying bdrd: %d MB", rss>>20)
+	if rss > 200<<20 {
+		t.Errorf("peak RSS of the applying bdrd is %d MB, over 200 MB", rss>>20)
+	}
+}

@@ -1,0 +1,368 @@
+// Package grouptest runs bdr groups for integration tests: a database per
+// node on the servers of internal/pgtest, a bdrd per node (in-process, or
+// as a subprocess that can be SIGKILLed), init and joins, and the checks
+// every test ends with: wait until the group is quiet, then compare per-table
+// checksums of all nodes.
+//
+// Helpers that fail the test must be called from the test's goroutine. A
+// Node is not safe for concurrent Start/Stop.
+package grouptest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bdr-dev/bdr/cmd/bdrd/daemon"
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/checksum"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+	"github.com/bdr-dev/bdr/internal/pgtest"
+)
+
+// Node is one database with its bdrd.
+type Node struct {
+	t       testing.TB
+	Name    string
+	Server  *pgcluster.Server
+	DB      string
+	DSN     string
+	DataDir string
+	Admin   string // admin API address
+	LogPath string
+	Binary  string // bdrd binary: run as a subprocess; "" runs bdrd in-process
+
+	mu   sync.Mutex
+	d    *daemon.Daemon
+	proc *exec.Cmd
+	log  *os.File
+}
+
+// NewNode creates a database on s and starts a bdrd named name for it. With
+// binary set, bdrd runs as that executable.
+func NewNode(t testing.TB, s *pgcluster.Server, name, binary string) *Node {
+	t.Helper()
+	db, dsn := pgtest.NewDB(t, s)
+	dir := t.TempDir()
+	n := &Node{t: t, Name: name, Server: s, DB: db, DSN: dsn, DataDir: filepath.Join(dir, "data"),
+		LogPath: filepath.Join(dir, "bdrd.log"), Binary: binary, Admin: freeAddr(t)}
+	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.log = f
+	t.Cleanup(func() {
+		n.Stop()
+		if t.Failed() {
+			t.Logf("bdrd log of %s: %s\n%s", n.Name, n.LogPath, tailFile(n.LogPath, 6000))
+		}
+		_ = f.Close()
+	})
+	n.Start()
+	return n
+}
+
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// Config is the bdrd configuration of the node.
+func (n *Node) Config() daemon.Config {
+	return daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info"}
+}
+
+// Args are the bdrd command line flags of the node.
+func (n *Node) Args() []string {
+	return []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--data-dir", n.DataDir, "--log-level", "info"}
+}
+
+// Start starts the node's bdrd and waits until its admin API answers.
+func (n *Node) Start() {
+	n.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.d != nil || n.proc != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if n.Binary == "" {
+		log := slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		d, err := daemon.Start(ctx, n.Config(), log)
+		if err != nil {
+			n.t.Fatalf("start bdrd %s: %v", n.Name, err)
+		}
+		n.d = d
+		return
+	}
+	cmd := exec.Command(n.Binary, n.Args()...)
+	cmd.Stdout, cmd.Stderr = n.log, n.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		n.t.Fatalf("start bdrd %s: %v", n.Name, err)
+	}
+	n.proc = cmd
+	for {
+		if _, err := n.Client().Info(ctx); err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			n.t.Fatalf("bdrd %s did not come up: %s", n.Name, tailFile(n.LogPath, 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop stops the node's bdrd cleanly (SIGTERM for a subprocess).
+func (n *Node) Stop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.d != nil {
+		if err := n.d.Stop(); err != nil {
+			n.t.Logf("stop bdrd %s: %v", n.Name, err)
+		}
+		n.d = nil
+	}
+	if n.proc != nil {
+		_ = n.proc.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- n.proc.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = n.proc.Process.Kill()
+			<-done
+			n.t.Errorf("bdrd %s did not stop on SIGTERM within 30s", n.Name)
+		}
+		n.proc = nil
+	}
+}
+
+// Kill SIGKILLs the node's bdrd subprocess.
+func (n *Node) Kill() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc == nil {
+		n.t.Fatalf("Kill needs a subprocess bdrd")
+	}
+	_ = n.proc.Process.Kill()
+	_ = n.proc.Wait()
+	n.proc = nil
+}
+
+// PID is the bdrd subprocess id, 0 in-process.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proc == nil {
+		return 0
+	}
+	return n.proc.Process.Pid
+}
+
+// Client talks to the node's bdrd.
+func (n *Node) Client() *adminapi.Client { return adminapi.NewClient(n.Admin, time.Minute) }
+
+// Exec runs sql on the node's database.
+func (n *Node) Exec(sql string, args ...any) {
+	n.t.Helper()
+	pgtest.Exec(n.t, n.DSN, sql, args...)
+}
+
+// QueryInt runs a query returning one integer.
+func (n *Node) QueryInt(sql string, args ...any) int64 {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, n.DSN)
+	if err != nil {
+		n.t.Fatalf("connect to %s: %v", n.Name, err)
+	}
+	defer conn.Close(ctx)
+	var v int64
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+		n.t.Fatalf("%s: %q: %v", n.Name, sql, err)
+	}
+	return v
+}
+
+// Init makes n the first member of a new group.
+func Init(t testing.TB, n *Node) {
+	t.Helper()
+	if _, err := n.Client().Init(context.Background()); err != nil {
+		t.Fatalf("init %s: %v", n.Name, err)
+	}
+}
+
+// Join joins n through via and waits until it is ready.
+func Join(t testing.TB, n, via *Node) {
+	t.Helper()
+	if err := JoinErr(n, via); err != nil {
+		t.Fatalf("join %s via %s: %v", n.Name, via.Name, err)
+	}
+}
+
+// JoinErr joins n through via, waits until it is ready and returns any failure.
+func JoinErr(n, via *Node) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := n.Client()
+	jp, err := c.Join(ctx, via.Admin)
+	for err == nil && !jp.Done {
+		time.Sleep(50 * time.Millisecond)
+		jp, err = c.JoinProgress(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	if jp.Error != "" {
+		return fmt.Errorf("%s", jp.Error)
+	}
+	return nil
+}
+
+// Group starts a group of bdrd nodes, one per server, named prefix_a,
+// prefix_b...: setup runs on the first node after init (create tables, load
+// data), then the others join through the first.
+func Group(t testing.TB, servers []*pgcluster.Server, prefix, binary string, setup func(first *Node)) []*Node {
+	t.Helper()
+	nodes := make([]*Node, len(servers))
+	for i, s := range servers {
+		nodes[i] = NewNode(t, s, pgtest.UniqueName(t, fmt.Sprintf("%s%c", prefix, 'a'+i)), binary)
+	}
+	Init(t, nodes[0])
+	if setup != nil {
+		setup(nodes[0])
+	}
+	for _, n := range nodes[1:] {
+		Join(t, n, nodes[0])
+	}
+	// Stop every bdrd before any database is dropped.
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			n.Stop()
+		}
+	})
+	return nodes
+}
+
+// WaitQuiet waits until every node has applied and flushed everything every
+// other node had written when WaitQuiet was called: for each provider P its
+// slot for each subscriber S is confirmed past P's WAL position at the start.
+func WaitQuiet(t testing.TB, nodes []*Node, timeout time.Duration) {
+	t.Helper()
+	targets := make([]string, len(nodes))
+	for i, p := range nodes {
+		targets[i] = queryText(t, p.DSN, `SELECT pg_catalog.pg_current_wal_lsn()::text`)
+	}
+	for i, p := range nodes {
+		for _, s := range nodes {
+			if s == p {
+				continue
+			}
+			pgtest.WaitFor(t, timeout, fmt.Sprintf("%s to apply %s up to %s", s.Name, p.Name, targets[i]), func() (bool, error) {
+				ok := queryText(t, p.DSN, `SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)::text
+					FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, "bdr_"+s.Name, targets[i])
+				return ok == "true", nil
+			})
+		}
+	}
+}
+
+func queryText(t testing.TB, dsn, sql string, args ...any) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+		t.Fatalf("%q: %v", sql, err)
+	}
+	return v
+}
+
+// Checksums returns the per-table checksums of n's database.
+func Checksums(t testing.TB, n *Node) map[string]checksum.Sum {
+	t.Helper()
+	conn := pgtest.Conn(t, n.DSN)
+	sums, err := checksum.Tables(context.Background(), conn)
+	if err != nil {
+		t.Fatalf("checksums of %s: %v", n.Name, err)
+	}
+	return sums
+}
+
+// AssertConverged fails the test unless every node has the same tables
+// with the same checksums as the first.
+func AssertConverged(t testing.TB, nodes []*Node) {
+	t.Helper()
+	first := Checksums(t, nodes[0])
+	if len(first) == 0 {
+		t.Fatalf("%s has no tables to compare", nodes[0].Name)
+	}
+	for _, n := range nodes[1:] {
+		if diff := checksum.Diff(first, Checksums(t, n)); len(diff) > 0 {
+			t.Fatalf("%s and %s differ:\n%s", nodes[0].Name, n.Name, strings.Join(diff, "\n"))
+		}
+	}
+}
+
+// BuildBdrd builds the bdrd binary into dir, for tests that run it as a
+// subprocess. Call it from TestMain.
+func BuildBdrd(dir string) (string, error) {
+	out := filepath.Join(dir, "bdrd")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/bdr-dev/bdr/cmd/bdrd")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build bdrd: %v: %s", err, b)
+	}
+	return out, nil
+}
+
+// PeakRSS is the peak resident set size of process pid, in bytes (VmHWM).
+func PeakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d kB", &kb); err != nil {
+				return 0, err
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
