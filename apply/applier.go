@@ -37,9 +37,18 @@ var (
 	stmtSetup = stmt{"bdr_xact_setup", `SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz),
 	pg_catalog.set_config('` + setCommitTS + `', $3::text, true),
 	pg_catalog.set_config('` + setXid + `', $4::text, true),
-	pg_catalog.set_config('` + setCommitLSN + `', $5::text, true)`}
+	pg_catalog.set_config('` + setCommitLSN + `', $5::text, true),
+	pg_catalog.set_config('` + setApplied + `', '0', true)`}
+	// stmtCheck aborts the transaction when a fast statement did not apply.
+	stmtCheck    = stmt{"bdr_check", "SELECT bdr.check_applied($1::int)"}
 	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
 )
+
+var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtCheck, stmtPosition}
+
+// resolveWindow is how many transactions are applied with resolving
+// statements after one needed them, before fast statements are tried again.
+const resolveWindow = 1000
 
 // applier applies the transactions of one peer on one local connection.
 type applier struct {
@@ -53,9 +62,15 @@ type applier struct {
 	track  *tracker
 	pause  *pauser
 
-	plans    map[string]*plan
-	prepared map[string]bool
-	stmtSeq  int
+	plans map[string]*plan
+	// prepared holds the statements prepared on the connection, with their
+	// description once known (nil while its preparation is in flight).
+	prepared    map[string]*pgconn.StatementDescription
+	stmtSeq     int
+	resolveNext int // transactions still to apply with resolving statements
+
+	// trace, when not nil, collects every statement sent (for tests).
+	trace *[]op
 
 	// state of the pipeline in progress
 	pl        *pgconn.Pipeline
@@ -69,7 +84,9 @@ type opKind uint8
 const (
 	opBegin opKind = iota
 	opSetup
-	opChange
+	opChange  // a fast or plain row change
+	opResolve // a resolving row change: returns the conflict recorded
+	opCheck
 	opCommit
 	opPosition
 	opPrepare
@@ -79,7 +96,7 @@ type op struct {
 	kind opKind
 	txn  int    // index in the batch, -1 outside transactions
 	what string // for errors
-	stmt string // opPrepare: the statement prepared
+	stmt string // the statement prepared or executed
 }
 
 // txnFailed is a failure of transaction txn of a batch; the transactions
@@ -94,32 +111,39 @@ func (f *txnFailed) Unwrap() error { return f.err }
 
 // connectApplier opens the local connection, binds it to the peer's
 // replication origin and returns the position to resume streaming from.
-func connectApplier(ctx context.Context, peer Peer, local Local) (*pgx.Conn, uint32, decoder.LSN, error) {
+// The applier's fixed statements are prepared by setupSession.
+func connectApplier(ctx context.Context, peer Peer, local Local) (*applier, decoder.LSN, error) {
 	cfg, err := pgx.ParseConfig(local.DSN)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("parse local dsn: %w", err)
+		return nil, 0, fmt.Errorf("parse local dsn: %w", err)
 	}
 	cfg.RuntimeParams["application_name"] = "bdr apply " + peer.Name
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("connect local: %w", err)
+		return nil, 0, fmt.Errorf("connect local: %w", err)
 	}
-	origin, start, err := setupSession(ctx, conn, peer, local)
+	a := &applier{peer: peer, local: local, conn: conn, plans: map[string]*plan{},
+		prepared: map[string]*pgconn.StatementDescription{}}
+	start, err := a.setupSession(ctx)
 	if err != nil {
 		_ = conn.Close(context.Background())
-		return nil, 0, 0, err
+		return nil, 0, err
 	}
-	return conn, origin, start, nil
+	return a, start, nil
 }
 
-func setupSession(ctx context.Context, conn *pgx.Conn, peer Peer, local Local) (uint32, decoder.LSN, error) {
+// setupSession binds the session to the peer's origin, sets what the
+// statements read, prepares the fixed statements and returns the position
+// to resume streaming from.
+func (a *applier) setupSession(ctx context.Context) (decoder.LSN, error) {
+	conn, peer, local := a.conn, a.peer, a.local
 	name := catalog.OriginName(peer.Name)
 	for _, s := range []string{
 		"SET session_replication_role = replica",
 		"SET synchronous_commit = off",
 	} {
 		if _, err := conn.Exec(ctx, s); err != nil {
-			return 0, 0, fmt.Errorf("set up apply session: %w", err)
+			return 0, fmt.Errorf("set up apply session: %w", err)
 		}
 	}
 	var origin uint32
@@ -128,7 +152,7 @@ func setupSession(ctx context.Context, conn *pgx.Conn, peer Peer, local Local) (
 		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)`, name).Scan(&origin)
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("origin %s: %w", name, err)
+		return 0, fmt.Errorf("origin %s: %w", name, err)
 	}
 	settings := [][2]string{
 		{setOrigin, strconv.FormatUint(uint64(origin), 10)},
@@ -139,30 +163,33 @@ func setupSession(ctx context.Context, conn *pgx.Conn, peer Peer, local Local) (
 	}
 	for _, kv := range settings {
 		if _, err := conn.Exec(ctx, `SELECT pg_catalog.set_config($1, $2, false)`, kv[0], kv[1]); err != nil {
-			return 0, 0, fmt.Errorf("set up apply session: %w", err)
+			return 0, fmt.Errorf("set up apply session: %w", err)
 		}
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, name); err != nil {
-		return 0, 0, fmt.Errorf("bind session to origin %s: %w", name, err)
+		return 0, fmt.Errorf("bind session to origin %s: %w", name, err)
 	}
 	var progress *string
 	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_progress($1, true)::text`, name).Scan(&progress); err != nil {
-		return 0, 0, fmt.Errorf("read progress of origin %s: %w", name, err)
+		return 0, fmt.Errorf("read progress of origin %s: %w", name, err)
 	}
 	var start decoder.LSN
 	if progress != nil {
 		lsn, err := pglogrepl.ParseLSN(*progress)
 		if err != nil {
-			return 0, 0, fmt.Errorf("read progress of origin %s: %w", name, err)
+			return 0, fmt.Errorf("read progress of origin %s: %w", name, err)
 		}
 		start = lsn
 	}
-	for _, s := range []stmt{stmtBegin, stmtCommit, stmtSetup, stmtPosition} {
-		if _, err := conn.PgConn().Prepare(ctx, s.name, s.sql, nil); err != nil {
-			return 0, 0, fmt.Errorf("prepare %s: %w", s.name, err)
+	for _, s := range fixedStmts {
+		desc, err := conn.PgConn().Prepare(ctx, s.name, s.sql, nil)
+		if err != nil {
+			return 0, fmt.Errorf("prepare %s: %w", s.name, err)
 		}
+		a.prepared[s.name] = desc
 	}
-	return origin, start, nil
+	a.origin = origin
+	return start, nil
 }
 
 // run applies batches from the relay until ctx ends or an error occurs.
@@ -200,10 +227,21 @@ func (a *applier) applyBatch(ctx context.Context, txns []*decoder.Txn) error {
 			return nil
 		}
 		var f *txnFailed
-		if !errors.As(err, &f) || pgerr.Classify(err) == pgerr.Fatal || retries >= txnRetries {
+		if !errors.As(err, &f) {
+			return err
+		}
+		if pgerr.Classify(err) == pgerr.Conflict && a.resolveNext == 0 {
+			// A fast statement met a conflict (a row it did not apply, a key
+			// that exists): resolve from this transaction on.
+			a.resolveNext = resolveWindow
+			a.log.Debug("conflict: applying with resolving statements", "xid", txns[0].Xid)
+			continue
+		}
+		if pgerr.Classify(err) == pgerr.Fatal || retries >= txnRetries {
 			return err
 		}
 		retries++
+		a.resolveNext = resolveWindow
 		a.log.Debug("retrying transaction", "xid", txns[0].Xid, "err", err)
 		select {
 		case <-ctx.Done():
@@ -227,15 +265,25 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 		if skipped(t) {
 			continue
 		}
+		resolving := a.resolveNext > 0
+		if resolving {
+			a.resolveNext--
+		}
 		a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: i, what: "begin"})
 		a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
+		counted := 0
 		err := t.Each(func(c *decoder.Change) error {
-			if err := a.sendChange(ctx, i, c, &b.rows[i]); err != nil {
+			n, err := a.sendChange(ctx, i, c, &b.rows[i], resolving)
+			if err != nil {
 				return err
 			}
+			counted += n
 			return b.syncIfFull(ctx)
 		})
 		if err == nil {
+			if counted > 0 {
+				a.send(ctx, stmtCheck, []param{{data: []byte(strconv.Itoa(counted))}}, op{kind: opCheck, txn: i, what: "check"})
+			}
 			a.send(ctx, stmtCommit, nil, op{kind: opCommit, txn: i, what: "commit"})
 			err = b.syncIfFull(ctx)
 		}
@@ -264,48 +312,72 @@ type rowCounts struct {
 	conflicts            []string
 }
 
-// sendChange queues the statement of one change.
-func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows *rowCounts) error {
+// sendChange queues the statement of one change, fast or resolving, and
+// returns how many fast statements that count their row it sent (0 or 1).
+func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows *rowCounts, resolving bool) (int, error) {
 	if c.Op == decoder.Truncate {
 		rows.trunc++
 		a.startPipeline(ctx)
 		sql := truncateSQL(c)
 		a.pl.SendQueryParams(sql, nil, nil, nil, nil)
 		a.ops = append(a.ops, op{kind: opChange, txn: i, what: sql})
-		return nil
+		return 0, nil
 	}
 	p, err := a.planFor(ctx, c.Rel)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(p.keys) == 0 && c.Op != decoder.Insert {
-		return fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
+		return 0, fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
 	}
+	var st stmt
 	var params []param
+	kind, counted := opChange, 0
 	if p.resolving() {
-		params = []param{{data: []byte(p.rel.Schema)}, {data: []byte(p.rel.Name)}}
+		counted = 1
+		if resolving {
+			kind, counted = opResolve, 0
+			params = []param{{data: []byte(p.rel.Schema)}, {data: []byte(p.rel.Name)}}
+		}
 	}
 	switch c.Op {
 	case decoder.Insert:
 		rows.ins++
-		a.send(ctx, p.insert, append(params, values(c.New)...), op{kind: opChange, txn: i, what: "insert into " + p.table})
+		st = p.insert
+		if kind == opResolve {
+			st = p.resInsert
+		}
+		params = append(params, values(c.New)...)
 	case decoder.Update:
 		rows.upd++
 		mask := presence(c.New)
-		st, ok := p.updates[mask]
-		if !ok {
-			st = stmt{a.stmtName(), p.updateSQL(mask)}
-			p.updates[mask] = st
-		}
+		st = a.updateStmt(p, mask, kind == opResolve)
 		params = append(params, values(p.keyValues(c.Old, c.New))...)
 		params = append(params, presentValues(c.New)...)
-		a.send(ctx, st, params, op{kind: opChange, txn: i, what: "update " + p.table})
 	case decoder.Delete:
 		rows.del++
+		st = p.del
+		if kind == opResolve {
+			st = p.resDel
+		}
 		params = append(params, values(p.keyValues(c.Old, nil))...)
-		a.send(ctx, p.del, params, op{kind: opChange, txn: i, what: "delete from " + p.table})
 	}
-	return nil
+	a.send(ctx, st, params, op{kind: kind, txn: i, what: fmt.Sprintf("%s on %s", c.Op, p.table)})
+	return counted, nil
+}
+
+// updateStmt returns the UPDATE statement of p for the columns in mask.
+func (a *applier) updateStmt(p *plan, mask string, resolving bool) stmt {
+	cache, build := p.update, p.updateSQL
+	if resolving {
+		cache, build = p.resUpdate, p.resolvingUpdateSQL
+	}
+	st, ok := cache[mask]
+	if !ok {
+		st = stmt{a.stmtName(), build(mask)}
+		cache[mask] = st
+	}
+	return st
 }
 
 // planFor returns the plan of rel, building it on first use. Building reads

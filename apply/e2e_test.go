@@ -65,6 +65,8 @@ func TestReplicateTypes(t *testing.T) {
 		first.Exec(typesTable)
 		first.Exec(`CREATE TABLE scratch (id int PRIMARY KEY, v text)`)
 		first.Exec(`CREATE TABLE nokey (v text)`)
+		first.Exec(`CREATE SCHEMA "Odd schema"`)
+		first.Exec(`CREATE TABLE "Odd schema"."we""ird %s tbl" ("Key col" int PRIMARY KEY, "v%d" text, "$1" int)`)
 	})
 	for i, n := range nodes {
 		base := (i + 1) * 100
@@ -76,6 +78,7 @@ func TestReplicateTypes(t *testing.T) {
 		n.Exec(fmt.Sprintf(`INSERT INTO types (id) VALUES (%d)`, base+50)) // all NULLs
 		n.Exec(`INSERT INTO scratch SELECT g, 'x' FROM generate_series($1::int, $1::int + 9) g`, base)
 		n.Exec(`INSERT INTO nokey VALUES ($1)`, n.Name)
+		n.Exec(`INSERT INTO "Odd schema"."we""ird %s tbl" VALUES ($1, $2, $1)`, i, n.Name)
 	}
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 
@@ -88,6 +91,8 @@ func TestReplicateTypes(t *testing.T) {
 	nodes[1].Exec(`UPDATE types SET i = -1, tx = NULL WHERE id = 100`)
 	nodes[2].Exec(`UPDATE types SET id = id + 1000 WHERE id = 210`) // primary key change
 	nodes[0].Exec(`DELETE FROM types WHERE id IN (301, 302, 350)`)
+	nodes[0].Exec(`UPDATE "Odd schema"."we""ird %s tbl" SET "v%d" = 'x' WHERE "Key col" = 1`)
+	nodes[1].Exec(`DELETE FROM "Odd schema"."we""ird %s tbl" WHERE "Key col" = 2`)
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	nodes[2].Exec(`UPDATE types SET j = '{"changed": true}' WHERE id BETWEEN 100 AND 105`)
 	nodes[1].Exec(`UPDATE types SET arr = NULL, n = n * 2 WHERE id BETWEEN 300 AND 310`)
@@ -108,6 +113,9 @@ func TestReplicateTypes(t *testing.T) {
 		}
 		if c := n.QueryInt(`SELECT count(*) FROM scratch`); c != 0 {
 			t.Errorf("%s: %d rows left in truncated table", n.Name, c)
+		}
+		if c := n.QueryInt(`SELECT count(*) FROM "Odd schema"."we""ird %s tbl" WHERE "Key col" <> 2 AND "v%d" IS NOT NULL`); c != 2 {
+			t.Errorf("%s: %d rows in the oddly named table, want 2", n.Name, c)
 		}
 		if c := n.QueryInt(`SELECT count(*) FROM nokey`); c != 3 {
 			t.Errorf("%s: %d rows in the table without key, want 3", n.Name, c)

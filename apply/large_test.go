@@ -7,6 +7,7 @@ import (
 	"github.com/bdr-dev/bdr/internal/grouptest"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 	"github.com/bdr-dev/bdr/internal/pgtest"
+	"github.com/bdr-dev/bdr/internal/proc"
 )
 
 // TestLargeTransaction replicates one INSERT of two million rows. The
@@ -27,7 +28,7 @@ func TestLargeTransaction(t *testing.T) {
 	if got := nodes[1].QueryInt(`SELECT count(*) FROM big`); got != rows {
 		t.Fatalf("%s has %d rows, want %d", nodes[1].Name, got, rows)
 	}
-	rss, err := grouptest.PeakRSS(nodes[1].PID())
+	rss, err := proc.PeakRSS(nodes[1].PID())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,8 +40,9 @@ func (b *batch) sync(ctx context.Context) error {
 		b.committed = last
 	}
 	if err != nil && failed >= 0 {
-		if insert, flush, err = b.a.position(ctx); err != nil {
-			return err
+		insert, flush, perr := b.a.position(ctx)
+		if perr != nil {
+			return perr
 		}
 		b.finish(insert, flush)
 		return &txnFailed{txn: failed, err: err}
@@ -81,16 +82,23 @@ func (a *applier) startPipeline(ctx context.Context) {
 // send queues a prepared statement, preparing it first if needed.
 func (a *applier) send(ctx context.Context, st stmt, params []param, o op) {
 	a.startPipeline(ctx)
-	if !a.prepared[st.name] {
+	desc, ok := a.prepared[st.name]
+	if !ok {
 		a.pl.SendPrepare(st.name, st.sql, nil)
 		a.ops = append(a.ops, op{kind: opPrepare, txn: o.txn, what: "prepare " + st.sql, stmt: st.name})
-		a.prepared[st.name] = true
+		a.prepared[st.name] = nil
 	}
 	vals, formats := encodeParams(params)
 	for _, v := range vals {
 		a.sentBytes += len(v)
 	}
-	a.pl.SendQueryPrepared(st.name, vals, formats, nil)
+	if desc != nil {
+		// The description is known: no Describe round for every execution.
+		a.pl.SendQueryStatement(desc, vals, formats, nil)
+	} else {
+		a.pl.SendQueryPrepared(st.name, vals, formats, nil)
+	}
+	o.stmt = st.name
 	a.ops = append(a.ops, o)
 }
 
@@ -105,6 +113,9 @@ func (a *applier) syncPipeline(ctx context.Context) (insert, flush decoder.LSN, 
 	ops := a.ops
 	pl := a.pl
 	a.pl, a.ops = nil, nil
+	if a.trace != nil {
+		*a.trace = append(*a.trace, ops...)
+	}
 	if err := pl.Sync(); err != nil {
 		return 0, 0, last, failed, fmt.Errorf("send pipeline: %w", err)
 	}
@@ -113,12 +124,16 @@ func (a *applier) syncPipeline(ctx context.Context) (insert, flush decoder.LSN, 
 	for i := range ops {
 		o := &ops[i]
 		res, err := pl.GetResults()
+		if desc, ok := res.(*pgconn.StatementDescription); ok && err == nil {
+			desc.Name = o.stmt // a pipeline's Prepare does not fill it in
+			a.prepared[o.stmt] = desc
+		}
 		if err == nil {
 			if rr, ok := res.(*pgconn.ResultReader); ok {
 				switch o.kind {
 				case opPosition:
 					insert, flush, err = readPosition(rr)
-				case opChange:
+				case opResolve:
 					err = a.readChange(rr, o.txn)
 				default:
 					_, err = rr.Close()

@@ -17,34 +17,31 @@ import (
 // UPDATE statements depend on which columns the change carries (unchanged
 // TOAST values are left out) and are built on first use of each shape.
 //
-// For a relation with a key (primary key or replica identity index) every
-// change is one statement that applies the row and resolves any conflict
-// inside PostgreSQL, so applying stays pipelined whatever the conflict rate:
+// A relation with a key (primary key or replica identity index) has two
+// sets of statements, one row change each:
 //
-//   - the decision (package conflict) is a condition of the UPDATE, the
-//     DELETE or the INSERT ... ON CONFLICT DO UPDATE itself, evaluated on
-//     the row version the statement changes; when a local transaction
-//     changes the row concurrently, PostgreSQL re-evaluates it on the newer
-//     version, so the decision always sees the version it replaces;
-//   - when the change is not applied (or, for a DELETE, when the deleted
-//     version was newer), the same statement writes the conflict to
-//     bdr.conflict_history; only then is the local row looked up for the
-//     record.
+//   - fast ones (plan_fast.go) apply a change only when it is no conflict
+//     and count what they applied; a check before COMMIT aborts the
+//     transaction when one of them did not apply, and the applier applies
+//     it again with
+//   - resolving ones (plan_resolve.go), which decide and record conflicts
+//     in the same statement; they cost more and are used for a while after
+//     a conflict.
 //
-// Parameters: $1 schema and $2 table name (for the record), then the key
-// values (UPDATE, DELETE) or all column values (INSERT), then for UPDATE the
-// values of the present columns. Statements of relations without a key
-// take only the values.
+// Relations without a key (no replica identity, or FULL, where equal rows
+// may legitimately repeat) have plain statements and no conflict handling.
 type plan struct {
-	rel     *decoder.Relation
-	table   string   // quoted "schema"."name"
-	cols    []string // quoted column names, provider order
-	types   []string // local type of each column, format_type() text
-	keys    []int    // positions of the replica identity columns
-	full    bool     // REPLICA IDENTITY FULL: any one row with equal columns
-	insert  stmt
-	del     stmt
-	updates map[string]stmt // by presence mask
+	rel   *decoder.Relation
+	table string   // quoted "schema"."name"
+	cols  []string // quoted column names, provider order
+	types []string // local type of each column, format_type() text
+	keys  []int    // positions of the replica identity columns
+	full  bool     // REPLICA IDENTITY FULL: any one row with equal columns
+
+	insert, del       stmt            // fast (or plain without a key)
+	update            map[string]stmt // fast (or plain), by presence mask
+	resInsert, resDel stmt            // resolving
+	resUpdate         map[string]stmt // resolving, by presence mask
 }
 
 // stmt is a statement prepared on the applier's connection.
@@ -104,11 +101,12 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		return nil, fmt.Errorf("table %s does not exist on this node (create it here too)", ident(rel.Schema, rel.Name))
 	}
 	p := &plan{
-		rel:     rel,
-		table:   ident(rel.Schema, rel.Name),
-		keys:    rel.KeyColumns(),
-		full:    rel.ReplicaIdentity == decoder.IdentityFull,
-		updates: map[string]stmt{},
+		rel:       rel,
+		table:     ident(rel.Schema, rel.Name),
+		keys:      rel.KeyColumns(),
+		full:      rel.ReplicaIdentity == decoder.IdentityFull,
+		update:    map[string]stmt{},
+		resUpdate: map[string]stmt{},
 	}
 	for _, c := range rel.Columns {
 		typ, ok := lt.types[c.Name]
@@ -121,6 +119,10 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 	p.insert = stmt{name(), p.insertSQL()}
 	if len(p.keys) > 0 {
 		p.del = stmt{name(), p.deleteSQL()}
+	}
+	if p.resolving() {
+		p.resInsert = stmt{name(), p.resolvingInsertSQL()}
+		p.resDel = stmt{name(), p.resolvingDeleteSQL()}
 	}
 	return p, nil
 }
@@ -144,6 +146,7 @@ const (
 	setCommitTS   = "bdr.commit_ts"
 	setXid        = "bdr.remote_xid"
 	setCommitLSN  = "bdr.commit_lsn"
+	setApplied    = "bdr.applied" // rows applied by fast statements in this transaction
 )
 
 func setting(name, typ string) string {
@@ -171,32 +174,24 @@ func inputs(found, mineExpr, c string) conflict.Inputs {
 	}
 }
 
-// onVersion evaluates a boolean decision expression on the row version
-// with xmin (a correlated subquery: it is re-evaluated when PostgreSQL
-// follows a concurrently updated row to its newer version).
+// onVersion evaluates a decision expression on the row version with xmin.
+// It is a condition of the statement that changes the row, so PostgreSQL
+// evaluates it again on the newer version when a local transaction updated
+// the row concurrently. The commit time and origin are read inline (no
+// subquery: that costs more than reading them twice).
 func onVersion(xmin string, expr func(conflict.Inputs) string) string {
-	return fmt.Sprintf("(SELECT %s FROM pg_catalog.pg_xact_commit_timestamp_origin(%s) c)",
-		expr(inputs("true", mine(xmin), "c")), xmin)
+	return expr(inputs("true", mine(xmin), "(pg_catalog.pg_xact_commit_timestamp_origin("+xmin+"))"))
 }
 
-// base is the number of the first value parameter: $3 after the schema
-// and table names of a resolving statement, else $1.
-func (p *plan) base() int {
-	if p.resolving() {
-		return 3
-	}
-	return 1
-}
-
-// keyParams numbers the key parameters: the key values come first, or for
-// an INSERT, which passes every column, are among them.
-func (p *plan) keyParams(insert bool) []int {
+// keyParams numbers the key parameters, from first: the key values come
+// first, or for an INSERT, which passes every column, are among them.
+func (p *plan) keyParams(insert bool, first int) []int {
 	ps := make([]int, len(p.keys))
 	for i, k := range p.keys {
 		if insert {
-			ps[i] = k + p.base()
+			ps[i] = k + first
 		} else {
-			ps[i] = i + p.base()
+			ps[i] = i + first
 		}
 	}
 	return ps
@@ -213,129 +208,6 @@ func (p *plan) keyConds(alias string, params []int) string {
 		conds[i] = fmt.Sprintf("%s.%s %s %s", alias, p.cols[k], op, placeholder(params[i], p.types[k]))
 	}
 	return strings.Join(conds, " AND ")
-}
-
-// lookup describes, for the conflict record, the local row with the key
-// params as the statement's snapshot sees it: l.found, l.row, l.c (its
-// commit time and origin) and l.mine.
-func (p *plan) lookup(params []int) string {
-	return fmt.Sprintf(`(SELECT true AS found, t AS row, %s AS mine, c
-	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) c ON true
-	WHERE %s LIMIT 1)`, mine("t.xmin"), p.table, p.keyConds("t", params))
-}
-
-// record inserts the conflict_history row of a conflict; the FROM clause
-// must provide l (see lookup) and the decision expressions.
-func (p *plan) record(dec conflict.DecisionSQL, resolution, tuple, from string) string {
-	return fmt.Sprintf(`h AS (
-	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
-		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
-		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
-	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, %s, %s,
-		pg_catalog.to_jsonb(l.row), (l.c).timestamp, CASE WHEN (l.c).timestamp IS NOT NULL THEN %s END,
-		%s, %s, %s, %s
-	%s
-	RETURNING conflict_type
-)`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
-		dec.Type, resolution, dec.Reason, nodeOf("(l.c).roident"), tuple,
-		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), from)
-}
-
-// recordInputs are the decision inputs of the looked-up row l.
-func recordInputs() conflict.Inputs {
-	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)")
-}
-
-// tupleJSON is the jsonb of the columns at positions cols, whose values are
-// the parameters from first on.
-func (p *plan) tupleJSON(cols []int, first int) string {
-	items := make([]string, len(cols))
-	for i, c := range cols {
-		items[i] = fmt.Sprintf("%s AS %s", placeholder(first+i, p.types[c]), p.cols[c])
-	}
-	return fmt.Sprintf("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT %s) r)", strings.Join(items, ", "))
-}
-
-func (p *plan) insertSQL() string {
-	if !p.resolving() {
-		vals := make([]string, len(p.cols))
-		for i := range p.cols {
-			vals[i] = placeholder(i+1, p.types[i])
-		}
-		return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
-	}
-	all := make([]int, len(p.cols))
-	vals := make([]string, len(p.cols))
-	sets := make([]string, len(p.cols))
-	for i, c := range p.cols {
-		all[i] = i
-		vals[i] = placeholder(i+3, p.types[i])
-		sets[i] = fmt.Sprintf("%s = excluded.%s", c, c)
-	}
-	keyCols := make([]string, len(p.keys))
-	for i, k := range p.keys {
-		keyCols[i] = p.cols[k]
-	}
-	wins := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
-	dec := conflict.InsertSQL(recordInputs())
-	return fmt.Sprintf(`WITH i AS (
-	INSERT INTO %s AS t (%s) VALUES (%s)
-	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
-	RETURNING t.xmax = 0 AS inserted
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "),
-		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
-		p.record(dec, fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END", conflict.KeepRemote, conflict.KeepLocal),
-			p.tupleJSON(all, 3),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)) g LEFT JOIN LATERAL %s l ON true",
-				p.lookup(p.keyParams(true)))))
-}
-
-// updateSQL is the UPDATE of the columns present in mask.
-func (p *plan) updateSQL(mask string) string {
-	next := len(p.keys) + p.base()
-	first := next
-	var sets []string
-	var present []int
-	for i, c := range p.cols {
-		if mask[i] == '1' {
-			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
-			present = append(present, i)
-			next++
-		}
-	}
-	if p.full {
-		return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
-			p.table, strings.Join(sets, ", "), p.table, p.keyConds("x", p.keyParams(false)))
-	}
-	apply := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
-	dec := conflict.UpdateSQL(recordInputs())
-	return fmt.Sprintf(`WITH u AS (
-	UPDATE ONLY %s t SET %s WHERE %s AND (%s OR %s) RETURNING 1
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false)), mine("t.xmin"), apply,
-		p.record(dec, dec.Resolution, p.tupleJSON(present, first),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)) g LEFT JOIN LATERAL %s l ON true", p.lookup(p.keyParams(false)))))
-}
-
-func (p *plan) deleteSQL() string {
-	if p.full {
-		return fmt.Sprintf("DELETE FROM ONLY %s t WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
-			p.table, p.table, p.keyConds("x", p.keyParams(false)))
-	}
-	dec := conflict.DeleteSQL(recordInputs())
-	return fmt.Sprintf(`WITH x AS (
-	DELETE FROM ONLY %s t WHERE %s RETURNING t AS row, t.xmin AS xm
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		p.table, p.keyConds("t", p.keyParams(false)),
-		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
-			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
-		SELECT true AS found, x.row, %s AS mine, c FROM x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xm) c ON true
-	) l ON true
-	WHERE %s`, mine("x.xm"), dec.Record)))
 }
 
 // presence is the mask of columns a tuple carries (not unchanged-TOAST).

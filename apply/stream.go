@@ -171,11 +171,11 @@ func (s *stream) permanent(class pgerr.Class) bool {
 func (s *stream) runOnce(ctx context.Context) (err error) {
 	defer recoverTo(&err)
 	s.setState(StateConnecting, nil)
-	conn, origin, start, err := connectApplier(ctx, s.peer, s.local)
+	app, start, err := connectApplier(ctx, s.peer, s.local)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = conn.Close(context.Background()) }()
+	defer func() { _ = app.conn.Close(context.Background()) }()
 
 	rconn, err := connectReplication(ctx, s.peer.DSN, "bdr_"+s.local.Name)
 	if err != nil {
@@ -201,12 +201,7 @@ func (s *stream) runOnce(ctx context.Context) (err error) {
 	if err := rcv.start(ctx, start); err != nil {
 		return err
 	}
-	app := &applier{
-		peer: s.peer, local: s.local, conn: conn, origin: origin, log: s.log, met: s.met,
-		relay: rl, track: track, pause: s.pause,
-		plans:    map[string]*plan{},
-		prepared: map[string]bool{stmtBegin.name: true, stmtCommit.name: true, stmtSetup.name: true, stmtPosition.name: true},
-	}
+	app.log, app.met, app.relay, app.track, app.pause = s.log, s.met, rl, track, s.pause
 	s.mu.Lock()
 	s.track = track
 	s.mu.Unlock()

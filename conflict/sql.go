@@ -62,7 +62,15 @@ func InsertSQL(in Inputs) DecisionSQL {
 // recordChange is when a remote UPDATE or DELETE is a conflict: the row is
 // missing, or another node changed it at the same time or later.
 func recordChange(in Inputs) string {
-	return fmt.Sprintf("(NOT %s OR NOT (%s OR %s))", in.Found, in.Same, RemoteWinsSQL(in))
+	return fmt.Sprintf("(NOT %s OR NOT %s)", in.Found, CleanSQL(in))
+}
+
+// CleanSQL is when a remote UPDATE or DELETE of an existing row is no
+// conflict at all: the row was last written by the remote node itself, or
+// by another node before the remote change (Decide applies it without a
+// record).
+func CleanSQL(in Inputs) string {
+	return fmt.Sprintf("(%s OR %s)", in.Same, RemoteWinsSQL(in))
 }
 
 // UpdateSQL is Decide for a remote UPDATE.

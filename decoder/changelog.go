@@ -85,9 +85,16 @@ func (c *changeLog) add(ch *Change, sub uint32, sp *spiller, memLimit int64) err
 	return nil
 }
 
+// appendMem adds a change to the in-memory chunks. The first chunk grows
+// with append from nothing, so a small transaction holds a small slice;
+// further chunks are allocated at chunkLen.
 func (c *changeLog) appendMem(ch Change) {
 	n := len(c.chunks)
-	if n == 0 || len(c.chunks[n-1]) == chunkLen {
+	switch {
+	case n == 0:
+		c.chunks = [][]Change{nil}
+		n = 1
+	case len(c.chunks[n-1]) == chunkLen:
 		c.chunks = append(c.chunks, make([]Change, 0, chunkLen))
 		n++
 	}

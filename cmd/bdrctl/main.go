@@ -11,12 +11,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/bdr-dev/bdr/bench"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/checksum"
 )
@@ -30,6 +32,8 @@ Commands:
   part NAME                remove node NAME from the group (run against another member)
   status [--json]          nodes, streams, lag and errors of the group
   checksum [--json]        per-table checksums of every member, and whether they agree
+  bench apply [flags]      apply benchmark: bdrd against native logical replication
+                           (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
 
 --node defaults to $BDRCTL_NODE, then 127.0.0.1:7801.
 `
@@ -141,6 +145,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		return checksums(ctx, *node, *asJSON, stdout)
+	case "bench":
+		return benchCommand(ctx, rest, stdout, stderr)
 	}
 	return usageError{fmt.Sprintf("unknown command %q", cmd)}
 }
@@ -301,5 +307,34 @@ func checksums(ctx context.Context, node string, asJSON bool, w io.Writer) error
 	if !asJSON {
 		fmt.Fprintf(w, "all %d members are identical\n", len(all))
 	}
+	return nil
+}
+
+// benchCommand runs a benchmark on this machine.
+func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "apply" {
+		return usageError{"bench needs a benchmark name: apply"}
+	}
+	fs := flag.NewFlagSet("bdrctl bench apply", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	self, _ := os.Executable()
+	cfg := bench.ApplyConfig{Progress: stderr}
+	fs.StringVar(&cfg.Bdrd, "bdrd", filepath.Join(filepath.Dir(self), "bdrd"), "bdrd binary")
+	fs.IntVar(&cfg.Scale, "scale", 10, "pgbench scale")
+	fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients")
+	fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "pgbench duration")
+	fs.StringVar(&cfg.Dir, "dir", "", "parent directory of the servers (default: the temp dir)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(fs, args[1:], 0); err != nil {
+		return err
+	}
+	res, err := bench.RunApply(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, map[string]any{"result": res, "ratio": res.Ratio()})
+	}
+	fmt.Fprint(stdout, res.Report())
 	return nil
 }

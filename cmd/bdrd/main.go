@@ -28,7 +28,7 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "bdrd: %v\n", err)
+		fmt.Fprintf(stderr, "bdrd: %s\n", oneLine(err))
 		return 2
 	}
 	var level slog.Level
@@ -47,7 +47,7 @@ func run(args []string, stderr io.Writer) int {
 			}
 			return 1
 		}
-		fmt.Fprintf(stderr, "bdrd: %v\n", err)
+		fmt.Fprintf(stderr, "bdrd: %s\n", oneLine(err))
 		return 1
 	}
 	select {
@@ -63,4 +63,14 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bdrd: %v\n", d.Err())
 		return 1
 	}
+}
+
+// oneLine folds a multi-line error (pgconn lists every address it tried)
+// into one line.
+func oneLine(err error) string {
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	for i := range lines {
+		lines[i] = strings.TrimSpace(lines[i])
+	}
+	return strings.Join(lines, " ")
 }

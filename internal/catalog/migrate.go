@@ -108,6 +108,19 @@ SELECT n.node_name,
          ON sl.slot_name = 'bdr_' || n.node_name AND sl.database = pg_catalog.current_database()
  WHERE NOT n.is_local AND n.state IN ('joining', 'active');
 
+-- Raised before COMMIT when a fast apply statement did not apply its row
+-- (a conflict or a missing row): the applier then applies the transaction
+-- again with statements that resolve and record conflicts.
+CREATE FUNCTION bdr.check_applied(expected int) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF pg_catalog.current_setting('bdr.applied')::int <> expected THEN
+		RAISE EXCEPTION 'bdr: % of % row changes applied without conflict',
+			pg_catalog.current_setting('bdr.applied'), expected USING ERRCODE = 'BR001';
+	END IF;
+END
+$$;
+
 -- The node that wrote a row version, from the replication origin of its
 -- transaction (origin 0, local writes, is handled by the caller).
 CREATE FUNCTION bdr.origin_node_id(roident oid) RETURNS int

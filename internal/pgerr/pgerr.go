@@ -86,7 +86,8 @@ func classifyCode(code string) Class {
 		"53200", // out_of_memory
 		"58030": // io_error
 		return Retryable
-	case "23505", "23P01": // unique_violation, exclusion_violation
+	case "23505", "23P01", // unique_violation, exclusion_violation
+		Unapplied:
 		return Conflict
 	}
 	if strings.HasPrefix(code, "08") { // connection exceptions
@@ -94,6 +95,10 @@ func classifyCode(code string) Class {
 	}
 	return Fatal
 }
+
+// Unapplied is the SQLSTATE bdr.check_applied raises when a fast apply
+// statement found a conflict or a missing row.
+const Unapplied = "BR001"
 
 // Code returns the SQLSTATE of err, or "" when err is not a PostgreSQL error.
 func Code(err error) string {

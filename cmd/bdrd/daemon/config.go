@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -18,14 +19,14 @@ import (
 // Config is bdrd's configuration, from flags and an optional YAML file
 // whose keys are the flag names with underscores.
 type Config struct {
-	NodeName       string `yaml:"node_name"`
-	DSN            string `yaml:"dsn"`
-	PublicDSN      string `yaml:"public_dsn"`
-	AdminListen    string `yaml:"admin_listen"`
-	AdminAdvertise string `yaml:"admin_advertise"`
-	DataDir        string `yaml:"data_dir"`
-	PGBinDir       string `yaml:"pg_bindir"`
-	LogLevel       string `yaml:"log_level"`
+	NodeName       string
+	DSN            string
+	PublicDSN      string
+	AdminListen    string
+	AdminAdvertise string
+	DataDir        string
+	PGBinDir       string
+	LogLevel       string
 }
 
 // DefaultAdminListen is where the admin API listens unless told otherwise.
@@ -70,11 +71,31 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
+	var raw map[string]any
+	if err := yaml.NewDecoder(f).Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %s", path, strings.Join(strings.Fields(err.Error()), " "))
+	}
 	var fromFile Config
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(&fromFile); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %s", path, strings.ReplaceAll(err.Error(), "\n", ";"))
+	known := map[string]*string{
+		"node_name": &fromFile.NodeName, "dsn": &fromFile.DSN, "public_dsn": &fromFile.PublicDSN,
+		"admin_listen": &fromFile.AdminListen, "admin_advertise": &fromFile.AdminAdvertise,
+		"data_dir": &fromFile.DataDir, "pg_bindir": &fromFile.PGBinDir, "log_level": &fromFile.LogLevel,
+	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		dst, ok := known[k]
+		if !ok {
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, data_dir, dsn, log_level, node_name, pg_bindir, public_dsn)", path, k)
+		}
+		v, ok := raw[k].(string)
+		if !ok {
+			return fmt.Errorf("config %s: %s must be a string", path, k)
+		}
+		*dst = v
 	}
 	fields := []struct {
 		key       string

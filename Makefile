@@ -1,0 +1,56 @@
+# bdr: multi-master logical replication for PostgreSQL.
+#
+#   make demo        three nodes on this machine, replicating (make demo-stop ends it)
+#   make test        lint and the whole test suite against real PostgreSQL servers
+#   make bench-apply apply benchmark: bdrd against PostgreSQL's own logical replication
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+
+GO          ?= go
+BIN         := bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+TEST_FLAGS  ?= -race -timeout 40m
+
+.PHONY: all build deps test lint unit demo demo-stop bench-apply clean
+
+all: build
+
+# deps installs what a fresh Debian machine lacks: PostgreSQL's server
+# binaries (initdb, postgres, pgbench, pg_dump, psql).
+deps:
+	@if ! command -v $(GO) >/dev/null; then echo "Go is missing: install Go 1.24 or newer" >&2; exit 1; fi
+	@if [ -z "$$PG_BINDIR" ] && ! ( command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ] ); then \
+		echo "installing PostgreSQL (Debian package postgresql)"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib; \
+	fi
+
+build: deps
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# test runs every package's tests with the race detector; integration tests
+# start their own PostgreSQL servers (as the postgres user when run as root).
+test: build lint
+	$(GO) test $(TEST_FLAGS) ./...
+
+unit:
+	$(GO) test -short ./conflict/ ./decoder/ ./internal/pgerr/ ./internal/state/ ./internal/proc/
+
+demo: build
+	scripts/demo.sh start
+
+demo-stop:
+	scripts/demo.sh stop
+
+bench-apply: build
+	$(BIN)/bdrctl bench apply --bdrd $(BIN)/bdrd
+
+clean:
+	rm -rf $(BIN)

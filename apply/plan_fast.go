@@ -1,0 +1,66 @@
+package apply
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/bdr-dev/bdr/conflict"
+)
+
+// Fast statements apply a change only when it is no conflict (package
+// conflict: the row exists and was last written by the remote node or
+// before the remote change; an INSERT finds no row). Each applied row is
+// counted in the setting bdr.applied; stmtCheck, sent before COMMIT,
+// raises SQLSTATE BR001 when fewer rows were applied than changes sent, and
+// the transaction is applied again with resolving statements.
+//
+// Parameters: the key values (UPDATE, DELETE) or all column values
+// (INSERT), then for UPDATE the values of the present columns. Without a
+// key the statements are plain and do not count.
+
+// countApplied counts an applied row.
+var countApplied = fmt.Sprintf("pg_catalog.set_config('%s', (pg_catalog.current_setting('%s')::int + 1)::text, true)", setApplied, setApplied)
+
+func (p *plan) insertSQL() string {
+	vals := make([]string, len(p.cols))
+	for i := range p.cols {
+		vals[i] = placeholder(i+1, p.types[i])
+	}
+	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
+	if p.resolving() {
+		sql += " RETURNING " + countApplied
+	}
+	return sql
+}
+
+// updateSQL is the UPDATE of the columns present in mask.
+func (p *plan) updateSQL(mask string) string {
+	next := len(p.keys) + 1
+	var sets []string
+	for i, c := range p.cols {
+		if mask[i] == '1' {
+			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
+			next++
+		}
+	}
+	if p.full {
+		return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
+			p.table, strings.Join(sets, ", "), p.table, p.keyConds("x", p.keyParams(false, 1)))
+	}
+	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
+		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)), clean("t.xmin"), countApplied)
+}
+
+func (p *plan) deleteSQL() string {
+	if p.full {
+		return fmt.Sprintf("DELETE FROM ONLY %s t WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
+			p.table, p.table, p.keyConds("x", p.keyParams(false, 1)))
+	}
+	return fmt.Sprintf("DELETE FROM ONLY %s t WHERE %s AND %s RETURNING %s",
+		p.table, p.keyConds("t", p.keyParams(false, 1)), clean("t.xmin"), countApplied)
+}
+
+// clean is true when changing the row version with xmin is no conflict.
+func clean(xmin string) string {
+	return fmt.Sprintf("(%s OR %s)", mine(xmin), onVersion(xmin, conflict.CleanSQL))
+}

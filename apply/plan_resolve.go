@@ -1,0 +1,134 @@
+package apply
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/bdr-dev/bdr/conflict"
+)
+
+// Resolving statements apply one row change and resolve any conflict
+// inside PostgreSQL, in one statement:
+//
+//   - the decision (package conflict) is a condition of the UPDATE, the
+//     DELETE or the INSERT ... ON CONFLICT DO UPDATE itself, evaluated on
+//     the row version the statement changes; when a local transaction
+//     changes the row concurrently, PostgreSQL re-evaluates it on the newer
+//     version, so the decision always sees the version it replaces;
+//   - when the change is not applied (or, for a DELETE, when the deleted
+//     version was newer), the same statement writes the conflict to
+//     bdr.conflict_history; only then is the local row looked up for the
+//     record.
+//
+// They return the type of the conflict recorded, or NULL. Parameters: $1
+// schema and $2 table name (for the record), then the key values (UPDATE,
+// DELETE) or all column values (INSERT), then for UPDATE the values of the
+// present columns.
+
+// lookup describes, for the conflict record, the local row with the key
+// params as the statement's snapshot sees it: l.found, l.row, l.c (its
+// commit time and origin) and l.mine.
+func (p *plan) lookup(params []int) string {
+	return fmt.Sprintf(`(SELECT true AS found, t AS row, %s AS mine, c
+	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) c ON true
+	WHERE %s LIMIT 1)`, mine("t.xmin"), p.table, p.keyConds("t", params))
+}
+
+// record inserts the conflict_history row of a conflict; the FROM clause
+// must provide l (see lookup) and the decision expressions.
+func (p *plan) record(dec conflict.DecisionSQL, resolution, tuple, from string) string {
+	return fmt.Sprintf(`h AS (
+	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
+		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
+		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
+	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, %s, %s,
+		pg_catalog.to_jsonb(l.row), (l.c).timestamp, CASE WHEN (l.c).timestamp IS NOT NULL THEN %s END,
+		%s, %s, %s, %s
+	%s
+	RETURNING conflict_type
+)`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
+		dec.Type, resolution, dec.Reason, nodeOf("(l.c).roident"), tuple,
+		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), from)
+}
+
+// recordInputs are the decision inputs of the looked-up row l.
+func recordInputs() conflict.Inputs {
+	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)")
+}
+
+// tupleJSON is the jsonb of the columns at positions cols, whose values are
+// the parameters from first on.
+func (p *plan) tupleJSON(cols []int, first int) string {
+	items := make([]string, len(cols))
+	for i, c := range cols {
+		items[i] = fmt.Sprintf("%s AS %s", placeholder(first+i, p.types[c]), p.cols[c])
+	}
+	return fmt.Sprintf("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT %s) r)", strings.Join(items, ", "))
+}
+
+func (p *plan) resolvingInsertSQL() string {
+	all := make([]int, len(p.cols))
+	vals := make([]string, len(p.cols))
+	sets := make([]string, len(p.cols))
+	for i, c := range p.cols {
+		all[i] = i
+		vals[i] = placeholder(i+3, p.types[i])
+		sets[i] = fmt.Sprintf("%s = excluded.%s", c, c)
+	}
+	keyCols := make([]string, len(p.keys))
+	for i, k := range p.keys {
+		keyCols[i] = p.cols[k]
+	}
+	wins := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
+	dec := conflict.InsertSQL(recordInputs())
+	return fmt.Sprintf(`WITH i AS (
+	INSERT INTO %s AS t (%s) VALUES (%s)
+	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
+	RETURNING t.xmax = 0 AS inserted
+), %s
+SELECT (SELECT conflict_type FROM h)`,
+		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "),
+		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
+		p.record(dec, fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END", conflict.KeepRemote, conflict.KeepLocal),
+			p.tupleJSON(all, 3),
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)) g LEFT JOIN LATERAL %s l ON true",
+				p.lookup(p.keyParams(true, 3)))))
+}
+
+// resolvingUpdateSQL is the UPDATE of the columns present in mask.
+func (p *plan) resolvingUpdateSQL(mask string) string {
+	next := len(p.keys) + 3
+	first := next
+	var sets []string
+	var present []int
+	for i, c := range p.cols {
+		if mask[i] == '1' {
+			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
+			present = append(present, i)
+			next++
+		}
+	}
+	apply := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	dec := conflict.UpdateSQL(recordInputs())
+	return fmt.Sprintf(`WITH u AS (
+	UPDATE ONLY %s t SET %s WHERE %s AND (%s OR %s) RETURNING 1
+), %s
+SELECT (SELECT conflict_type FROM h)`,
+		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), mine("t.xmin"), apply,
+		p.record(dec, dec.Resolution, p.tupleJSON(present, first),
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)) g LEFT JOIN LATERAL %s l ON true", p.lookup(p.keyParams(false, 3)))))
+}
+
+func (p *plan) resolvingDeleteSQL() string {
+	dec := conflict.DeleteSQL(recordInputs())
+	return fmt.Sprintf(`WITH x AS (
+	DELETE FROM ONLY %s t WHERE %s RETURNING t AS row, t.xmin AS xm
+), %s
+SELECT (SELECT conflict_type FROM h)`,
+		p.table, p.keyConds("t", p.keyParams(false, 3)),
+		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
+			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
+		SELECT true AS found, x.row, %s AS mine, c FROM x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xm) c ON true
+	) l ON true
+	WHERE %s`, mine("x.xm"), dec.Record)))
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/grouptest"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+	"github.com/bdr-dev/bdr/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, 3)) }
+
+func bdrctl(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// mustFail runs bdrctl expecting a failure reported in one line with want.
+func mustFail(t *testing.T, want string, args ...string) {
+	t.Helper()
+	code, _, stderr := bdrctl(t, args...)
+	if code != 1 {
+		t.Errorf("bdrctl %v: exit %d, want 1 (stderr %q)", args, code, stderr)
+	}
+	if lines := strings.Split(strings.TrimSpace(stderr), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], "bdrctl: ") {
+		t.Errorf("bdrctl %v: want one line starting with \"bdrctl: \", got %q", args, stderr)
+	}
+	if !strings.Contains(stderr, want) {
+		t.Errorf("bdrctl %v: %q does not say %q", args, stderr, want)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"part"}, {"join"}, {"status", "extra"}, {"--bogus", "status"}} {
+		if code, _, stderr := bdrctl(t, args...); code != 2 || !strings.Contains(stderr, "usage: bdrctl") {
+			t.Errorf("bdrctl %v: exit %d, stderr %q; want usage and exit 2", args, code, stderr)
+		}
+	}
+}
+
+func servers(t *testing.T) []*pgcluster.Server {
+	return []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1), pgtest.Shared(t, 2)}
+}
+
+// leftovers lists what a node's name left behind on a server: slots and
+// origins named after it, on any database.
+func leftovers(t *testing.T, s *pgcluster.Server, dsn, name string) []string {
+	t.Helper()
+	conn := pgtest.Conn(t, dsn)
+	rows, err := conn.Query(context.Background(), `
+		SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name = 'bdr_' || $1
+		UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname = 'bdr_' || $1`, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestBadAdminInput: failures of init, join and part are one clear line, a
+// non-zero exit, and leave nothing behind.
+func TestBadAdminInput(t *testing.T) {
+	t.Parallel()
+	srv := servers(t)
+	nodes := grouptest.Group(t, srv[:2], "bad", "", func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE t (id int PRIMARY KEY)`)
+	})
+	a, b := nodes[0], nodes[1]
+	loner := grouptest.NewNode(t, srv[2], pgtest.UniqueName(t, "loner"), "")
+	dup := grouptest.NewNode(t, srv[2], a.Name, "") // same name as a member
+
+	mustFail(t, "is unreachable", "--node", "127.0.0.1:1", "status")
+	mustFail(t, "cannot reach the via node", "--node", loner.Admin, "join", "--via", "127.0.0.1:1")
+	mustFail(t, "already used by node", "--node", dup.Admin, "join", "--via", a.Admin)
+	mustFail(t, "already used by node", "--node", dup.Admin, "join", "--via", b.Admin)
+	mustFail(t, `no node named "ghost"`, "--node", a.Admin, "part", "ghost")
+	mustFail(t, "cannot part itself", "--node", a.Admin, "part", a.Name)
+	mustFail(t, "already a member", "--node", a.Admin, "init")
+	mustFail(t, "already a member", "--node", b.Admin, "join", "--via", a.Admin)
+	mustFail(t, "not an active member", "--node", loner.Admin, "join", "--via", dup.Admin)
+
+	// Nothing half-created: the refused nodes hold no catalog rows, slots
+	// or origins, and the members know only each other.
+	for _, n := range []*grouptest.Node{loner, dup} {
+		if c := n.QueryInt(`SELECT count(*) FROM bdr.nodes`); c != 0 {
+			t.Errorf("%s: %d catalog rows after a refused join", n.Name, c)
+		}
+		if c := n.QueryInt(`SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`); c != 0 {
+			t.Errorf("%s: %d slots after a refused join", n.Name, c)
+		}
+	}
+	for _, n := range nodes {
+		if c := n.QueryInt(`SELECT count(*) FROM bdr.nodes`); c != 2 {
+			t.Errorf("%s knows %d nodes, want 2", n.Name, c)
+		}
+	}
+	if l := leftovers(t, srv[2], loner.DSN, loner.Name); len(l) != 0 {
+		t.Errorf("leftovers of %s: %v", loner.Name, l)
+	}
+	// The group still works.
+	a.Exec(`INSERT INTO t VALUES (1)`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	grouptest.AssertConverged(t, nodes)
+}
+
+// TestStatusAndPart: status shows every stream; part of a live node removes
+// its streams, slots and origins everywhere and marks it parted.
+func TestStatusAndPart(t *testing.T) {
+	t.Parallel()
+	srv := servers(t)
+	nodes := grouptest.Group(t, srv, "part", "", func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	a.Exec(`INSERT INTO t VALUES (1, 'before')`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+
+	var st adminapi.Status
+	pgtest.WaitFor(t, time.Minute, "six streaming streams", func() (bool, error) {
+		code, out, stderr := bdrctl(t, "--node", b.Admin, "status", "--json")
+		if code != 0 {
+			t.Fatalf("status: %s", stderr)
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		streaming := 0
+		for _, s := range st.Streams {
+			if s.State == "streaming" {
+				streaming++
+			}
+		}
+		return len(st.Nodes) == 3 && streaming == 6, nil
+	})
+	code, out, _ := bdrctl(t, "--node", a.Admin, "status")
+	if code != 0 || !strings.Contains(out, "FROM") || !strings.Contains(out, c.Name) {
+		t.Errorf("status output:\n%s", out)
+	}
+
+	code, out, stderr := bdrctl(t, "--node", a.Admin, "part", c.Name)
+	if code != 0 {
+		t.Fatalf("part: %s", stderr)
+	}
+	if !strings.Contains(out, "parted") {
+		t.Errorf("part output: %q", out)
+	}
+	for i, n := range nodes {
+		if l := leftovers(t, srv[i], n.DSN, c.Name); len(l) != 0 {
+			t.Errorf("%s still has %v", n.Name, l)
+		}
+		if n != c {
+			if got := n.QueryInt(`SELECT count(*) FROM bdr.nodes WHERE node_name = $1 AND state = 'parted'`, c.Name); got != 1 {
+				t.Errorf("%s does not show %s parted", n.Name, c.Name)
+			}
+		}
+	}
+	for _, name := range []string{a.Name, b.Name} {
+		if l := leftovers(t, srv[2], c.DSN, name); len(l) != 0 {
+			t.Errorf("the parted node still has %v", l)
+		}
+	}
+	if got := c.QueryInt(`SELECT count(*) FROM bdr.nodes WHERE state <> 'parted'`); got != 0 {
+		t.Errorf("the parted node still lists %d current members", got)
+	}
+	mustFail(t, `no node named "`+c.Name+`"`, "--node", b.Admin, "part", c.Name)
+
+	// The rest of the group goes on; the parted node no longer gets changes.
+	b.Exec(`INSERT INTO t VALUES (2, 'after')`)
+	grouptest.WaitQuiet(t, nodes[:2], time.Minute)
+	grouptest.AssertConverged(t, nodes[:2])
+	time.Sleep(500 * time.Millisecond)
+	if got := c.QueryInt(`SELECT count(*) FROM t`); got != 1 {
+		t.Errorf("the parted node has %d rows, want 1 (nothing after the part)", got)
+	}
+}
