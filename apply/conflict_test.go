@@ -98,20 +98,6 @@ func TestLastUpdateWins(t *testing.T) {
 }
 
 func conflicts(t *testing.T, n *grouptest.Node) []string {
-	conn := pgtest.Conn(t, n.DSN)
-	rows, err := conn.Query(t.Context(), `SELECT format('%s from %s: %s %s (%s) local=%s remote=%s', table_name,
+	return pgtest.Strings(t, n.DSN, `SELECT format('%s from %s: %s %s (%s) local=%s remote=%s', table_name,
 		remote_node_name, conflict_type, resolution, reason, local_tuple, remote_tuple) FROM bdr.conflict_history ORDER BY conflict_id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
 }

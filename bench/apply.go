@@ -134,7 +134,7 @@ func RunApply(ctx context.Context, cfg ApplyConfig) (ApplyResult, error) {
 	if _, err := p.client.Init(ctx); err != nil {
 		return ApplyResult{}, err
 	}
-	if err := joinAndWait(ctx, s.client, p.admin); err != nil {
+	if err := s.client.JoinAndWait(ctx, p.admin, 100*time.Millisecond, nil); err != nil {
 		return ApplyResult{}, err
 	}
 	s.stop()
@@ -280,21 +280,6 @@ func (b *bdrdProc) stop() {
 		_ = b.cmd.Process.Kill()
 		<-b.done
 	}
-}
-
-func joinAndWait(ctx context.Context, c *adminapi.Client, via string) error {
-	jp, err := c.Join(ctx, via)
-	for err == nil && !jp.Done {
-		time.Sleep(100 * time.Millisecond)
-		jp, err = c.JoinProgress(ctx)
-	}
-	if err != nil {
-		return err
-	}
-	if jp.Error != "" {
-		return fmt.Errorf("join: %s", jp.Error)
-	}
-	return nil
 }
 
 func run(ctx context.Context, cmd *exec.Cmd) error {

@@ -173,35 +173,19 @@ func printJSON(w io.Writer, v any) error {
 // join starts the join and, unless noWait, follows it to the end.
 func join(ctx context.Context, node, via string, noWait bool, w io.Writer) error {
 	c := adminapi.NewClient(node, time.Minute)
-	jp, err := c.Join(ctx, via)
-	if err != nil {
+	show := func(jp adminapi.JoinProgress) { fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message) }
+	if noWait {
+		jp, err := c.Join(ctx, via)
+		if err == nil {
+			show(jp)
+		}
 		return err
 	}
-	fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message)
-	if noWait {
-		return nil
+	err := c.JoinAndWait(ctx, via, 300*time.Millisecond, show)
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("stopped waiting; the join goes on (bdrctl status shows it)")
 	}
-	last := jp.Phase + jp.Message
-	for !jp.Done {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stopped waiting; the join goes on (bdrctl status shows it)")
-		case <-time.After(300 * time.Millisecond):
-		}
-		next, err := c.JoinProgress(ctx)
-		if err != nil {
-			return fmt.Errorf("follow the join: %w", err)
-		}
-		jp = next
-		if cur := jp.Phase + jp.Message; cur != last {
-			fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message)
-			last = cur
-		}
-	}
-	if jp.Error != "" {
-		return fmt.Errorf("join failed: %s", jp.Error)
-	}
-	return nil
+	return err
 }
 
 func printStatus(w io.Writer, st adminapi.Status) {

@@ -184,3 +184,33 @@ func (c *Client) DropNode(ctx context.Context, name string) error {
 func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/internal/leave", struct{}{}, nil)
 }
+
+// JoinAndWait starts a join of the node through via and follows it until it
+// ends, calling progress (when not nil) each time the phase or message
+// changes. It returns the join's failure, if any.
+func (c *Client) JoinAndWait(ctx context.Context, via string, poll time.Duration, progress func(JoinProgress)) error {
+	jp, err := c.Join(ctx, via)
+	last := ""
+	for err == nil {
+		if cur := jp.Phase + "\x00" + jp.Message; progress != nil && cur != last {
+			progress(jp)
+			last = cur
+		}
+		if jp.Done {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+		}
+		jp, err = c.JoinProgress(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	if jp.Error != "" {
+		return fmt.Errorf("join failed: %s", jp.Error)
+	}
+	return nil
+}

@@ -233,19 +233,7 @@ func Join(t testing.TB, n, via *Node) {
 func JoinErr(n, via *Node) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c := n.Client()
-	jp, err := c.Join(ctx, via.Admin)
-	for err == nil && !jp.Done {
-		time.Sleep(50 * time.Millisecond)
-		jp, err = c.JoinProgress(ctx)
-	}
-	if err != nil {
-		return err
-	}
-	if jp.Error != "" {
-		return fmt.Errorf("%s", jp.Error)
-	}
-	return nil
+	return n.Client().JoinAndWait(ctx, via.Admin, 50*time.Millisecond, nil)
 }
 
 // Group starts a group of bdrd nodes, one per server, named prefix_a,

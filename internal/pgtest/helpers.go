@@ -132,3 +132,25 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 		wait = min(2*wait, 250*time.Millisecond)
 	}
 }
+
+// Strings runs a query returning one text column on a new connection to dsn
+// and returns its rows, failing the test on error.
+func Strings(t testing.TB, dsn, sql string, args ...any) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect to %q: %v", dsn, err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("query %q: %v", sql, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("query %q: %v", sql, err)
+	}
+	return out
+}
