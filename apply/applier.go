@@ -37,14 +37,17 @@ var (
 	stmtSetup = stmt{"bdr_xact_setup", `SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz),
 	pg_catalog.set_config('` + setCommitTS + `', $3::text, true),
 	pg_catalog.set_config('` + setXid + `', $4::text, true),
-	pg_catalog.set_config('` + setCommitLSN + `', $5::text, true),
+	pg_catalog.set_config('` + setCommitLSN + `', $5::text, true)`}
+	// stmtSetupFast is stmtSetup for fast statements, which take the remote
+	// commit time as a parameter and count the rows they apply.
+	stmtSetupFast = stmt{"bdr_xact_setup_fast", `SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz),
 	pg_catalog.set_config('` + setApplied + `', '0', true)`}
 	// stmtCheck aborts the transaction when a fast statement did not apply.
 	stmtCheck    = stmt{"bdr_check", "SELECT bdr.check_applied($1::int)"}
 	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
 )
 
-var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtCheck, stmtPosition}
+var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtCheck, stmtPosition}
 
 // resolveWindow is how many transactions are applied with resolving
 // statements after one needed them, before fast statements are tried again.
@@ -62,7 +65,8 @@ type applier struct {
 	track  *tracker
 	pause  *pauser
 
-	plans map[string]*plan
+	plans    map[string]*plan            // by relation signature
+	relPlans map[*decoder.Relation]*plan // by relation, for the common case
 	// prepared holds the statements prepared on the connection, with their
 	// description once known (nil while its preparation is in flight).
 	prepared    map[string]*pgconn.StatementDescription
@@ -95,8 +99,18 @@ const (
 type op struct {
 	kind opKind
 	txn  int    // index in the batch, -1 outside transactions
-	what string // for errors
-	stmt string // the statement prepared or executed
+	what string // for errors: the statement, or with change set, the table
+	// change is the kind of row change of an opChange or opResolve.
+	change decoder.Op
+	stmt   string // the statement prepared or executed
+}
+
+// describe says what the operation was, for errors.
+func (o *op) describe() string {
+	if o.change != 0 {
+		return o.change.String() + " on " + o.what
+	}
+	return o.what
 }
 
 // txnFailed is a failure of transaction txn of a batch; the transactions
@@ -122,7 +136,7 @@ func connectApplier(ctx context.Context, peer Peer, local Local) (*applier, deco
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect local: %w", err)
 	}
-	a := &applier{peer: peer, local: local, conn: conn, plans: map[string]*plan{},
+	a := &applier{peer: peer, local: local, conn: conn, plans: map[string]*plan{}, relPlans: map[*decoder.Relation]*plan{},
 		prepared: map[string]*pgconn.StatementDescription{}}
 	start, err := a.setupSession(ctx)
 	if err != nil {
@@ -270,10 +284,15 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 			a.resolveNext--
 		}
 		a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: i, what: "begin"})
-		a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
+		if resolving {
+			a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
+		} else {
+			a.send(ctx, stmtSetupFast, setupParams(t)[:2], op{kind: opSetup, txn: i, what: "origin setup"})
+		}
+		commitTS := param{data: []byte(pgTime(t.CommitTime))}
 		counted := 0
 		err := t.Each(func(c *decoder.Change) error {
-			n, err := a.sendChange(ctx, i, c, &b.rows[i], resolving)
+			n, err := a.sendChange(ctx, i, c, &b.rows[i], resolving, commitTS)
 			if err != nil {
 				return err
 			}
@@ -314,7 +333,7 @@ type rowCounts struct {
 
 // sendChange queues the statement of one change, fast or resolving, and
 // returns how many fast statements that count their row it sent (0 or 1).
-func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows *rowCounts, resolving bool) (int, error) {
+func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows *rowCounts, resolving bool, commitTS param) (int, error) {
 	if c.Op == decoder.Truncate {
 		rows.trunc++
 		a.startPipeline(ctx)
@@ -354,6 +373,9 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		st = a.updateStmt(p, mask, kind == opResolve)
 		params = append(params, values(p.keyValues(c.Old, c.New))...)
 		params = append(params, presentValues(c.New)...)
+		if kind == opChange && !p.full {
+			params = append(params, commitTS)
+		}
 	case decoder.Delete:
 		rows.del++
 		st = p.del
@@ -361,8 +383,11 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 			st = p.resDel
 		}
 		params = append(params, values(p.keyValues(c.Old, nil))...)
+		if kind == opChange && !p.full {
+			params = append(params, commitTS)
+		}
 	}
-	a.send(ctx, st, params, op{kind: kind, txn: i, what: fmt.Sprintf("%s on %s", c.Op, p.table)})
+	a.send(ctx, st, params, op{kind: kind, txn: i, what: p.table, change: c.Op})
 	return counted, nil
 }
 
@@ -381,10 +406,17 @@ func (a *applier) updateStmt(p *plan, mask string, resolving bool) stmt {
 }
 
 // planFor returns the plan of rel, building it on first use. Building reads
-// the local catalog, which needs the connection out of pipeline mode.
+// the local catalog, which needs the connection out of pipeline mode. Plans
+// are found by relation (the decoder's relations are immutable), then by
+// signature, since the provider sends an equal description again for every
+// streamed transaction.
 func (a *applier) planFor(ctx context.Context, rel *decoder.Relation) (*plan, error) {
+	if p, ok := a.relPlans[rel]; ok {
+		return p, nil
+	}
 	key := signature(rel)
 	if p, ok := a.plans[key]; ok {
+		a.relPlans[rel] = p
 		return p, nil
 	}
 	if err := a.cur.sync(ctx); err != nil {
@@ -399,6 +431,7 @@ func (a *applier) planFor(ctx context.Context, rel *decoder.Relation) (*plan, er
 		return nil, err
 	}
 	a.plans[key] = p
+	a.relPlans[rel] = p
 	return p, nil
 }
 

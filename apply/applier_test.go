@@ -127,9 +127,9 @@ func sequence(a *applier) string {
 		case opSetup:
 			parts = append(parts, "origin-setup")
 		case opChange:
-			parts = append(parts, "fast "+strings.Fields(o.what)[0])
+			parts = append(parts, "fast "+o.change.String())
 		case opResolve:
-			parts = append(parts, "resolving "+strings.Fields(o.what)[0])
+			parts = append(parts, "resolving "+o.change.String())
 		case opCheck:
 			parts = append(parts, "check")
 		case opCommit:

@@ -144,9 +144,9 @@ func (a *applier) syncPipeline(ctx context.Context) (insert, flush decoder.LSN, 
 			var pgErr *pgconn.PgError
 			if !errors.As(err, &pgErr) {
 				_ = pl.Close()
-				return 0, 0, last, failed, fmt.Errorf("%s: %w", o.what, err)
+				return 0, 0, last, failed, fmt.Errorf("%s: %w", o.describe(), err)
 			}
-			failedIdx, failErr = i, fmt.Errorf("%s: %w", o.what, err)
+			failedIdx, failErr = i, fmt.Errorf("%s: %w", o.describe(), err)
 			break
 		}
 		if o.kind == opCommit {

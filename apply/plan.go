@@ -161,15 +161,20 @@ func nodeOf(ro string) string {
 
 func mine(xmin string) string { return xmin + " = pg_catalog.pg_current_xact_id()::xid" }
 
+// remoteTS is the remote commit time as resolving statements read it (fast
+// statements take it as a parameter instead).
+var remoteTS = setting(setCommitTS, "timestamptz")
+
 // inputs are the decision inputs for a row version whose commit time and
-// origin are in c (from pg_xact_commit_timestamp_origin).
-func inputs(found, mineExpr, c string) conflict.Inputs {
+// origin are in c (from pg_xact_commit_timestamp_origin), against a remote
+// change committed at rts.
+func inputs(found, mineExpr, c, rts string) conflict.Inputs {
 	return conflict.Inputs{
 		Found:      found,
 		Same:       fmt.Sprintf("coalesce(%s OR %s.roident = %s, false)", mineExpr, c, setting(setOrigin, "oid")),
 		LocalTS:    c + ".timestamp",
 		LocalNode:  nodeOf(c + ".roident"),
-		RemoteTS:   setting(setCommitTS, "timestamptz"),
+		RemoteTS:   rts,
 		RemoteNode: setting(setRemoteID, "int"),
 	}
 }
@@ -179,8 +184,8 @@ func inputs(found, mineExpr, c string) conflict.Inputs {
 // evaluates it again on the newer version when a local transaction updated
 // the row concurrently. The commit time and origin are read inline (no
 // subquery: that costs more than reading them twice).
-func onVersion(xmin string, expr func(conflict.Inputs) string) string {
-	return expr(inputs("true", mine(xmin), "(pg_catalog.pg_xact_commit_timestamp_origin("+xmin+"))"))
+func onVersion(xmin, rts string, expr func(conflict.Inputs) string) string {
+	return expr(inputs("true", mine(xmin), "(pg_catalog.pg_xact_commit_timestamp_origin("+xmin+"))", rts))
 }
 
 // keyParams numbers the key parameters, from first: the key values come

@@ -15,8 +15,9 @@ import (
 // the transaction is applied again with resolving statements.
 //
 // Parameters: the key values (UPDATE, DELETE) or all column values
-// (INSERT), then for UPDATE the values of the present columns. Without a
-// key the statements are plain and do not count.
+// (INSERT), then for UPDATE the values of the present columns, then for
+// UPDATE and DELETE the remote commit time. Without a key the statements
+// are plain and do not count.
 
 // countApplied counts an applied row.
 var countApplied = fmt.Sprintf("pg_catalog.set_config('%s', (pg_catalog.current_setting('%s')::int + 1)::text, true)", setApplied, setApplied)
@@ -48,7 +49,8 @@ func (p *plan) updateSQL(mask string) string {
 			p.table, strings.Join(sets, ", "), p.table, p.keyConds("x", p.keyParams(false, 1)))
 	}
 	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
-		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)), clean("t.xmin"), countApplied)
+		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)),
+		clean("t.xmin", placeholder(next, "timestamptz")), countApplied)
 }
 
 func (p *plan) deleteSQL() string {
@@ -57,10 +59,12 @@ func (p *plan) deleteSQL() string {
 			p.table, p.table, p.keyConds("x", p.keyParams(false, 1)))
 	}
 	return fmt.Sprintf("DELETE FROM ONLY %s t WHERE %s AND %s RETURNING %s",
-		p.table, p.keyConds("t", p.keyParams(false, 1)), clean("t.xmin"), countApplied)
+		p.table, p.keyConds("t", p.keyParams(false, 1)),
+		clean("t.xmin", placeholder(len(p.keys)+1, "timestamptz")), countApplied)
 }
 
-// clean is true when changing the row version with xmin is no conflict.
-func clean(xmin string) string {
-	return fmt.Sprintf("(%s OR %s)", mine(xmin), onVersion(xmin, conflict.CleanSQL))
+// clean is true when changing the row version with xmin is no conflict
+// with a remote change committed at rts.
+func clean(xmin, rts string) string {
+	return fmt.Sprintf("(%s OR %s)", mine(xmin), onVersion(xmin, rts, conflict.CleanSQL))
 }

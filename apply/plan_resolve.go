@@ -53,7 +53,7 @@ func (p *plan) record(dec conflict.DecisionSQL, resolution, tuple, from string) 
 
 // recordInputs are the decision inputs of the looked-up row l.
 func recordInputs() conflict.Inputs {
-	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)")
+	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)", remoteTS)
 }
 
 // tupleJSON is the jsonb of the columns at positions cols, whose values are
@@ -79,7 +79,7 @@ func (p *plan) resolvingInsertSQL() string {
 	for i, k := range p.keys {
 		keyCols[i] = p.cols[k]
 	}
-	wins := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
+	wins := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
 	dec := conflict.InsertSQL(recordInputs())
 	return fmt.Sprintf(`WITH i AS (
 	INSERT INTO %s AS t (%s) VALUES (%s)
@@ -108,7 +108,7 @@ func (p *plan) resolvingUpdateSQL(mask string) string {
 			next++
 		}
 	}
-	apply := onVersion("t.xmin", func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	apply := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 	dec := conflict.UpdateSQL(recordInputs())
 	return fmt.Sprintf(`WITH u AS (
 	UPDATE ONLY %s t SET %s WHERE %s AND (%s OR %s) RETURNING 1
