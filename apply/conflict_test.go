@@ -15,7 +15,7 @@ import (
 // unrelated change must still replicate.
 func TestLastUpdateWins(t *testing.T) {
 	t.Parallel()
-	nodes := grouptest.Group(t, shared(t), "luw", "", func(first *grouptest.Node) {
+	nodes := grouptest.Group(t, shared(t), "luw", grouptest.Options{}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE kv (k int PRIMARY KEY, v text)`)
 		first.Exec(`INSERT INTO kv SELECT g, 'start' FROM generate_series(1, 6) g`)
 	})

@@ -61,7 +61,7 @@ func TestCrashSafety(t *testing.T) {
 		wg.Go(func() { servers[i] = pgtest.Private(t, pgcluster.Options{}) })
 	}
 	wg.Wait()
-	nodes := grouptest.Group(t, servers, "crash", bdrdBinary, func(first *grouptest.Node) {
+	nodes := grouptest.Group(t, servers, "crash", grouptest.Options{Bdrd: bdrdBinary}, func(first *grouptest.Node) {
 		pgbench(t, first, "-i", "-q", "-s", "1")
 		first.Exec(`CREATE TABLE inserts (node text NOT NULL, seq int NOT NULL, at timestamptz DEFAULT clock_timestamp())`)
 	})

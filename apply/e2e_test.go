@@ -61,7 +61,18 @@ const typesTable = `CREATE TABLE types (
 // TRUNCATE, and checks that the nodes end identical.
 func TestReplicateTypes(t *testing.T) {
 	t.Parallel()
-	nodes := grouptest.Group(t, shared(t), "types", "", func(first *grouptest.Node) {
+	replicateTypes(t, grouptest.Options{})
+}
+
+// TestReplicateTypesBinary is TestReplicateTypes with column values sent in
+// binary form.
+func TestReplicateTypesBinary(t *testing.T) {
+	t.Parallel()
+	replicateTypes(t, grouptest.Options{BinaryValues: true})
+}
+
+func replicateTypes(t *testing.T, opts grouptest.Options) {
+	nodes := grouptest.Group(t, shared(t), "types", opts, func(first *grouptest.Node) {
 		first.Exec(typesTable)
 		first.Exec(`CREATE TABLE scratch (id int PRIMARY KEY, v text)`)
 		first.Exec(`CREATE TABLE nokey (v text)`)
@@ -174,7 +185,7 @@ func runPgbenchAll(t *testing.T, nodes []*grouptest.Node, clients int, d time.Du
 // converge, with the conflicts written down.
 func TestPgbenchConverges(t *testing.T) {
 	t.Parallel()
-	nodes := grouptest.Group(t, shared(t), "bench", "", pgbenchInit(t, 1))
+	nodes := grouptest.Group(t, shared(t), "bench", grouptest.Options{}, pgbenchInit(t, 1))
 	runPgbenchAll(t, nodes, 2, 8*time.Second)
 	grouptest.WaitQuiet(t, nodes, 2*time.Minute)
 	grouptest.AssertConverged(t, nodes)

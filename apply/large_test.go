@@ -17,7 +17,7 @@ func TestLargeTransaction(t *testing.T) {
 	t.Parallel()
 	const rows = 2_000_000
 	servers := []*pgcluster.Server{pgtest.Shared(t, 1), pgtest.Shared(t, 2)}
-	nodes := grouptest.Group(t, servers, "large", bdrdBinary, func(first *grouptest.Node) {
+	nodes := grouptest.Group(t, servers, "large", grouptest.Options{Bdrd: bdrdBinary}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE big (id bigint PRIMARY KEY, v text NOT NULL)`)
 	})
 	start := time.Now()

@@ -17,8 +17,12 @@ import (
 
 // Config configures a Manager.
 type Config struct {
-	Local    Local  // the node id is given by SetPeers
-	DataDir  string // spill files go under DataDir/spill
+	Local   Local  // the node id is given by SetPeers
+	DataDir string // spill files go under DataDir/spill
+	// Binary asks providers for column values in binary (send/recv) form
+	// instead of text: cheaper to convert, but every replicated type must
+	// have binary I/O and be the same type on both sides.
+	Binary   bool
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 	// WriteStatus publishes stream status into the catalog; nil disables it.
@@ -153,7 +157,7 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			continue
 		}
 		s := &stream{
-			peer: p, local: local, dataDir: m.cfg.DataDir,
+			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
 			log: m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
 		}
 		s.setState(StateConnecting, nil)

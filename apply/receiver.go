@@ -23,14 +23,15 @@ const statusInterval = time.Second
 
 // receiver reads the peer's slot and feeds decoded transactions to the relay.
 type receiver struct {
-	peer  Peer
-	local Local
-	conn  *pgconn.PgConn
-	dec   *decoder.Decoder
-	relay *relay
-	track *tracker
-	met   *streamMetrics
-	log   *slog.Logger
+	peer   Peer
+	local  Local
+	binary bool
+	conn   *pgconn.PgConn
+	dec    *decoder.Decoder
+	relay  *relay
+	track  *tracker
+	met    *streamMetrics
+	log    *slog.Logger
 
 	lastStatus time.Time
 }
@@ -51,9 +52,10 @@ func connectReplication(ctx context.Context, dsn, appName string) (*pgconn.PgCon
 }
 
 // pluginArgs are the pgoutput options: protocol 2 with streaming of large
-// in-progress transactions; from PostgreSQL 16 the provider itself drops
-// changes that did not originate on it (DESIGN rule 2).
-func pluginArgs(serverVersion int) []string {
+// in-progress transactions, optionally binary values; from PostgreSQL 16
+// the provider itself drops changes that did not originate on it (DESIGN
+// rule 2).
+func pluginArgs(serverVersion int, binary bool) []string {
 	pubs := make([]string, 0, 1)
 	for _, p := range replsets.Publications() {
 		pubs = append(pubs, `"`+p+`"`)
@@ -62,6 +64,9 @@ func pluginArgs(serverVersion int) []string {
 		"proto_version '2'",
 		"publication_names '" + strings.Join(pubs, ",") + "'",
 		"streaming 'on'",
+	}
+	if binary {
+		args = append(args, "binary 'true'")
 	}
 	if serverVersion >= 160000 {
 		args = append(args, "origin 'none'")
@@ -85,7 +90,7 @@ func (r *receiver) start(ctx context.Context, start decoder.LSN) error {
 	slot := catalog.SlotName(r.local.Name)
 	err := pglogrepl.StartReplication(ctx, r.conn, slot, start, pglogrepl.StartReplicationOptions{
 		Mode:       pglogrepl.LogicalReplication,
-		PluginArgs: pluginArgs(serverVersion(r.conn)),
+		PluginArgs: pluginArgs(serverVersion(r.conn), r.binary),
 	})
 	if err != nil {
 		return fmt.Errorf("start replication from slot %s on %s: %w", slot, r.peer.Name, err)

@@ -71,6 +71,7 @@ type stream struct {
 	peer     Peer
 	local    Local
 	dataDir  string
+	binary   bool
 	log      *slog.Logger
 	met      *streamMetrics
 	pause    *pauser
@@ -197,7 +198,7 @@ func (s *stream) runOnce(ctx context.Context) (err error) {
 	track := newTracker(start)
 	rl := newRelay(relayItems, relayBytes)
 	defer rl.drain()
-	rcv := &receiver{peer: s.peer, local: s.local, conn: rconn, dec: dec, relay: rl, track: track, met: s.met, log: s.log}
+	rcv := &receiver{peer: s.peer, local: s.local, binary: s.binary, conn: rconn, dec: dec, relay: rl, track: track, met: s.met, log: s.log}
 	if err := rcv.start(ctx, start); err != nil {
 		return err
 	}

@@ -65,12 +65,12 @@ func leftovers(t *testing.T, dsn, name string) []string {
 func TestBadAdminInput(t *testing.T) {
 	t.Parallel()
 	srv := servers(t)
-	nodes := grouptest.Group(t, srv[:2], "bad", "", func(first *grouptest.Node) {
+	nodes := grouptest.Group(t, srv[:2], "bad", grouptest.Options{}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE t (id int PRIMARY KEY)`)
 	})
 	a, b := nodes[0], nodes[1]
-	loner := grouptest.NewNode(t, srv[2], pgtest.UniqueName(t, "loner"), "")
-	dup := grouptest.NewNode(t, srv[2], a.Name, "") // same name as a member
+	loner := grouptest.NewNode(t, srv[2], pgtest.UniqueName(t, "loner"), grouptest.Options{})
+	dup := grouptest.NewNode(t, srv[2], a.Name, grouptest.Options{}) // same name as a member
 
 	mustFail(t, "is unreachable", "--node", "127.0.0.1:1", "status")
 	mustFail(t, "cannot reach the via node", "--node", loner.Admin, "join", "--via", "127.0.0.1:1")
@@ -111,7 +111,7 @@ func TestBadAdminInput(t *testing.T) {
 func TestStatusAndPart(t *testing.T) {
 	t.Parallel()
 	srv := servers(t)
-	nodes := grouptest.Group(t, srv, "part", "", func(first *grouptest.Node) {
+	nodes := grouptest.Group(t, srv, "part", grouptest.Options{}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
 	})
 	a, b, c := nodes[0], nodes[1], nodes[2]

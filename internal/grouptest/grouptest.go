@@ -41,7 +41,7 @@ type Node struct {
 	DataDir string
 	Admin   string // admin API address
 	LogPath string
-	Binary  string // bdrd binary: run as a subprocess; "" runs bdrd in-process
+	Options Options
 
 	mu   sync.Mutex
 	d    *daemon.Daemon
@@ -49,14 +49,22 @@ type Node struct {
 	log  *os.File
 }
 
-// NewNode creates a database on s and starts a bdrd named name for it. With
-// binary set, bdrd runs as that executable.
-func NewNode(t testing.TB, s *pgcluster.Server, name, binary string) *Node {
+// Options are how a node's bdrd runs.
+type Options struct {
+	// Bdrd is the bdrd executable: bdrd runs as a subprocess (that can be
+	// SIGKILLed). Empty runs bdrd in-process.
+	Bdrd string
+	// BinaryValues asks peers for column values in binary form.
+	BinaryValues bool
+}
+
+// NewNode creates a database on s and starts a bdrd named name for it.
+func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node {
 	t.Helper()
 	db, dsn := pgtest.NewDB(t, s)
 	dir := t.TempDir()
 	n := &Node{t: t, Name: name, Server: s, DB: db, DSN: dsn, DataDir: filepath.Join(dir, "data"),
-		LogPath: filepath.Join(dir, "bdrd.log"), Binary: binary, Admin: freeAddr(t)}
+		LogPath: filepath.Join(dir, "bdrd.log"), Options: opts, Admin: freeAddr(t)}
 	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -95,12 +103,17 @@ func tailFile(path string, n int) string {
 
 // Config is the bdrd configuration of the node.
 func (n *Node) Config() daemon.Config {
-	return daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info"}
+	return daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
+		Binary: n.Options.BinaryValues}
 }
 
 // Args are the bdrd command line flags of the node.
 func (n *Node) Args() []string {
-	return []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--data-dir", n.DataDir, "--log-level", "info"}
+	args := []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--data-dir", n.DataDir, "--log-level", "info"}
+	if n.Options.BinaryValues {
+		args = append(args, "--binary")
+	}
+	return args
 }
 
 // Start starts the node's bdrd and waits until its admin API answers.
@@ -113,7 +126,7 @@ func (n *Node) Start() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if n.Binary == "" {
+	if n.Options.Bdrd == "" {
 		log := slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelInfo}))
 		d, err := daemon.Start(ctx, n.Config(), log)
 		if err != nil {
@@ -122,7 +135,7 @@ func (n *Node) Start() {
 		n.d = d
 		return
 	}
-	cmd := exec.Command(n.Binary, n.Args()...)
+	cmd := exec.Command(n.Options.Bdrd, n.Args()...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -239,11 +252,11 @@ func JoinErr(n, via *Node) error {
 // Group starts a group of bdrd nodes, one per server, named prefix_a,
 // prefix_b...: setup runs on the first node after init (create tables, load
 // data), then the others join through the first.
-func Group(t testing.TB, servers []*pgcluster.Server, prefix, binary string, setup func(first *Node)) []*Node {
+func Group(t testing.TB, servers []*pgcluster.Server, prefix string, opts Options, setup func(first *Node)) []*Node {
 	t.Helper()
 	nodes := make([]*Node, len(servers))
 	for i, s := range servers {
-		nodes[i] = NewNode(t, s, pgtest.UniqueName(t, fmt.Sprintf("%s%c", prefix, 'a'+i)), binary)
+		nodes[i] = NewNode(t, s, pgtest.UniqueName(t, fmt.Sprintf("%s%c", prefix, 'a'+i)), opts)
 	}
 	Init(t, nodes[0])
 	if setup != nil {

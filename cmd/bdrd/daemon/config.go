@@ -27,6 +27,7 @@ type Config struct {
 	DataDir        string
 	PGBinDir       string
 	LogLevel       string
+	Binary         bool
 }
 
 // DefaultAdminListen is where the admin API listens unless told otherwise.
@@ -48,6 +49,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`directory` for bdrd's own state (bdrd.db) and spill files")
 	fs.StringVar(&cfg.PGBinDir, "pg-bindir", "", "`directory` of pg_dump and psql, used by join (default: pg_config --bindir, then PATH)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -87,9 +89,19 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if k == "binary" {
+			b, ok := raw[k].(bool)
+			if !ok {
+				return fmt.Errorf("config %s: binary must be true or false", path)
+			}
+			if !set[k] {
+				c.Binary = b
+			}
+			continue
+		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, data_dir, dsn, log_level, node_name, pg_bindir, public_dsn)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, binary, data_dir, dsn, log_level, node_name, pg_bindir, public_dsn)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {

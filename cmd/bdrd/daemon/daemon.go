@@ -107,6 +107,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mgr, err := apply.New(apply.Config{
 		Local:    apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
 		DataDir:  cfg.DataDir,
+		Binary:   cfg.Binary,
 		Logger:   log,
 		Registry: reg,
 		WriteStatus: func(ctx context.Context, s []catalog.StreamStatus) error {
