@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,9 +23,12 @@ type Config struct {
 	// Binary asks providers for column values in binary (send/recv) form
 	// instead of text: cheaper to convert, but every replicated type must
 	// have binary I/O and be the same type on both sides.
-	Binary   bool
-	Logger   *slog.Logger
-	Registry prometheus.Registerer
+	Binary bool
+	// ErrorRetry is how long a stream in the error state waits before
+	// trying again; 0 means DefaultErrorRetry.
+	ErrorRetry time.Duration
+	Logger     *slog.Logger
+	Registry   prometheus.Registerer
 	// WriteStatus publishes stream status into the catalog; nil disables it.
 	WriteStatus func(ctx context.Context, s []catalog.StreamStatus) error
 }
@@ -158,7 +162,8 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 		}
 		s := &stream{
 			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
-			log: m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
+			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry),
+			log:        m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
 		}
 		s.setState(StateConnecting, nil)
 		sctx, cancel := context.WithCancel(ctx)

@@ -27,16 +27,18 @@ const (
 
 // Supervision timings.
 const (
-	minBackoff       = 250 * time.Millisecond
-	maxBackoff       = 30 * time.Second
-	errorBackoff     = time.Minute // between attempts of a stream in the error state
-	healthyRun       = 30 * time.Second
-	permanentAfter   = 5 // failures at the same position before the error state
-	relayItems       = 10000
-	relayBytes       = 64 << 20
-	decoderMemLimit  = 8 << 20
-	spillDirName     = "spill"
-	statusEveryApply = time.Second
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 30 * time.Second
+	// DefaultErrorRetry is how long a stream in the error state waits
+	// before trying again.
+	DefaultErrorRetry = time.Minute
+	healthyRun        = 30 * time.Second
+	permanentAfter    = 5 // failures at the same position before the error state
+	relayItems        = 10000
+	relayBytes        = 64 << 20
+	decoderMemLimit   = 8 << 20
+	spillDirName      = "spill"
+	statusEveryApply  = time.Second
 )
 
 // Peer is a node this node streams changes from.
@@ -68,20 +70,21 @@ type StreamStatus struct {
 
 // stream is the supervised incoming stream from one peer.
 type stream struct {
-	peer     Peer
-	local    Local
-	dataDir  string
-	binary   bool
-	log      *slog.Logger
-	met      *streamMetrics
-	pause    *pauser
-	mu       sync.Mutex
-	state    string
-	since    time.Time
-	lastErr  string
-	track    *tracker // of the current run, nil between runs
-	failedAt decoder.LSN
-	failures int
+	peer       Peer
+	local      Local
+	dataDir    string
+	binary     bool
+	errorRetry time.Duration
+	log        *slog.Logger
+	met        *streamMetrics
+	pause      *pauser
+	mu         sync.Mutex
+	state      string
+	since      time.Time
+	lastErr    string
+	track      *tracker // of the current run, nil between runs
+	failedAt   decoder.LSN
+	failures   int
 }
 
 func (s *stream) setState(state string, err error) {
@@ -134,8 +137,8 @@ func (s *stream) supervise(ctx context.Context) {
 		wait := backoff
 		if s.permanent(class) {
 			s.setState(StateError, err)
-			s.log.Error("stream failed; will retry", "class", class.String(), "err", err, "retry_in", errorBackoff)
-			wait = errorBackoff
+			s.log.Error("stream failed; will retry", "class", class.String(), "err", err, "retry_in", s.errorRetry)
+			wait = s.errorRetry
 		} else {
 			s.setState(StateRetrying, err)
 			s.log.Warn("stream interrupted; retrying", "class", class.String(), "err", err, "retry_in", backoff)

@@ -56,6 +56,8 @@ type Options struct {
 	Bdrd string
 	// BinaryValues asks peers for column values in binary form.
 	BinaryValues bool
+	// ErrorRetry is how long a stream in the error state waits; 0 is bdrd's default.
+	ErrorRetry time.Duration
 }
 
 // NewNode creates a database on s and starts a bdrd named name for it.
@@ -104,7 +106,7 @@ func tailFile(path string, n int) string {
 // Config is the bdrd configuration of the node.
 func (n *Node) Config() daemon.Config {
 	return daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
-		Binary: n.Options.BinaryValues}
+		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry}
 }
 
 // Args are the bdrd command line flags of the node.
@@ -112,6 +114,9 @@ func (n *Node) Args() []string {
 	args := []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--data-dir", n.DataDir, "--log-level", "info"}
 	if n.Options.BinaryValues {
 		args = append(args, "--binary")
+	}
+	if n.Options.ErrorRetry != 0 {
+		args = append(args, "--error-retry", n.Options.ErrorRetry.String())
 	}
 	return args
 }

@@ -9,10 +9,12 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"gopkg.in/yaml.v3"
 
+	"github.com/bdr-dev/bdr/apply"
 	"github.com/bdr-dev/bdr/membership"
 )
 
@@ -28,6 +30,7 @@ type Config struct {
 	PGBinDir       string
 	LogLevel       string
 	Binary         bool
+	ErrorRetry     time.Duration
 }
 
 // DefaultAdminListen is where the admin API listens unless told otherwise.
@@ -49,6 +52,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`directory` for bdrd's own state (bdrd.db) and spill files")
 	fs.StringVar(&cfg.PGBinDir, "pg-bindir", "", "`directory` of pg_dump and psql, used by join (default: pg_config --bindir, then PATH)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -89,6 +93,17 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if k == "error_retry" {
+			v, ok := raw[k].(string)
+			d, err := time.ParseDuration(v)
+			if !ok || err != nil {
+				return fmt.Errorf("config %s: error_retry must be a duration like 30s", path)
+			}
+			if !set[k] {
+				c.ErrorRetry = d
+			}
+			continue
+		}
 		if k == "binary" {
 			b, ok := raw[k].(bool)
 			if !ok {
@@ -101,7 +116,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, binary, data_dir, dsn, log_level, node_name, pg_bindir, public_dsn)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, binary, data_dir, dsn, error_retry, log_level, node_name, pg_bindir, public_dsn)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -162,6 +177,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("--data-dir is required")
+	}
+	if c.ErrorRetry == 0 {
+		c.ErrorRetry = apply.DefaultErrorRetry
+	}
+	if c.ErrorRetry < time.Second {
+		return fmt.Errorf("--error-retry %s is invalid: at least 1s", c.ErrorRetry)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

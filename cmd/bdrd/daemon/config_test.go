@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -24,7 +25,7 @@ log_level: debug
 		t.Fatal(err)
 	}
 	want := Config{NodeName: "tokyo", DSN: "host=127.0.0.1 dbname=app", PublicDSN: "host=127.0.0.1 dbname=app",
-		AdminListen: "127.0.0.1:7999", DataDir: "/var/lib/bdrd", LogLevel: "debug"}
+		AdminListen: "127.0.0.1:7999", DataDir: "/var/lib/bdrd", LogLevel: "debug", ErrorRetry: time.Minute}
 	if cfg != want {
 		t.Fatalf("ParseArgs =\n%+v\nwant (the flag wins over the file, public dsn defaults to dsn)\n%+v", cfg, want)
 	}

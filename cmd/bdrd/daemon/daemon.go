@@ -105,11 +105,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mgr, err := apply.New(apply.Config{
-		Local:    apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
-		DataDir:  cfg.DataDir,
-		Binary:   cfg.Binary,
-		Logger:   log,
-		Registry: reg,
+		Local:      apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
+		DataDir:    cfg.DataDir,
+		Binary:     cfg.Binary,
+		ErrorRetry: cfg.ErrorRetry,
+		Logger:     log,
+		Registry:   reg,
 		WriteStatus: func(ctx context.Context, s []catalog.StreamStatus) error {
 			return catalog.WriteStreamStatus(ctx, pool, s)
 		},
