@@ -22,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/bdr-dev/bdr/cmd/bdrd/daemon"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/checksum"
@@ -217,17 +215,8 @@ func (n *Node) Exec(sql string, args ...any) {
 // QueryInt runs a query returning one integer.
 func (n *Node) QueryInt(sql string, args ...any) int64 {
 	n.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, n.DSN)
-	if err != nil {
-		n.t.Fatalf("connect to %s: %v", n.Name, err)
-	}
-	defer conn.Close(ctx)
 	var v int64
-	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
-		n.t.Fatalf("%s: %q: %v", n.Name, sql, err)
-	}
+	pgtest.Scan(n.t, n.DSN, sql, args, &v)
 	return v
 }
 
@@ -304,17 +293,8 @@ func WaitQuiet(t testing.TB, nodes []*Node, timeout time.Duration) {
 
 func queryText(t testing.TB, dsn, sql string, args ...any) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
 	var v string
-	if err := conn.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
-		t.Fatalf("%q: %v", sql, err)
-	}
+	pgtest.Scan(t, dsn, sql, args, &v)
 	return v
 }
 

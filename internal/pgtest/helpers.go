@@ -88,9 +88,9 @@ func Conn(t testing.TB, dsn string) *pgx.Conn {
 	return conn
 }
 
-// Exec runs sql with args on a new connection to dsn and fails the test on
-// error.
-func Exec(t testing.TB, dsn, sql string, args ...any) {
+// withConn runs fn on a new connection to dsn, failing the test when it
+// cannot connect or fn fails.
+func withConn(t testing.TB, dsn, sql string, fn func(ctx context.Context, conn *pgx.Conn) error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -99,9 +99,28 @@ func Exec(t testing.TB, dsn, sql string, args ...any) {
 		t.Fatalf("connect to %q: %v", dsn, err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		t.Fatalf("exec %q: %v", sql, err)
+	if err := fn(ctx, conn); err != nil {
+		t.Fatalf("%q: %v", sql, err)
 	}
+}
+
+// Exec runs sql with args on a new connection to dsn and fails the test on
+// error.
+func Exec(t testing.TB, dsn, sql string, args ...any) {
+	t.Helper()
+	withConn(t, dsn, sql, func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, sql, args...)
+		return err
+	})
+}
+
+// Scan runs a query returning one row on a new connection to dsn and scans
+// it into dest, failing the test on error.
+func Scan(t testing.TB, dsn, sql string, args []any, dest ...any) {
+	t.Helper()
+	withConn(t, dsn, sql, func(ctx context.Context, conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, sql, args...).Scan(dest...)
+	})
 }
 
 // WaitFor polls cond until it returns true, failing the test if that does
@@ -137,20 +156,14 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 // and returns its rows, failing the test on error.
 func Strings(t testing.TB, dsn, sql string, args ...any) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect to %q: %v", dsn, err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, sql, args...)
-	if err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatalf("query %q: %v", sql, err)
-	}
+	var out []string
+	withConn(t, dsn, sql, func(ctx context.Context, conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
 	return out
 }
