@@ -37,8 +37,11 @@ lint:
 
 # test runs every package's tests with the race detector; integration tests
 # start their own PostgreSQL servers (as the postgres user when run as root).
+# Then a short fuzz run of the admin API.
 test: build lint
 	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -run='^$$' -fuzz=FuzzHandler -fuzztime=10s ./internal/adminapi/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeMeta -fuzztime=10s ./membership/
 
 unit:
 	$(GO) test -short ./conflict/ ./decoder/ ./internal/pgerr/ ./internal/state/ ./internal/proc/

@@ -3,8 +3,6 @@ package apply_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -202,7 +200,7 @@ func TestPgbenchConverges(t *testing.T) {
 		t.Error("no conflict recorded although every node updated the one branch row")
 	}
 	metrics := scrape(t, nodes[0])
-	if !strings.Contains(metrics, `bdr_conflicts_total{peer="`) || !strings.Contains(metrics, "bdr_apply_transactions_total") {
+	if !strings.Contains(metrics, `bdr_conflicts_total{node="`+nodes[0].Name+`",peer="`) || !strings.Contains(metrics, "bdr_apply_transactions_total") {
 		t.Errorf("metrics lack conflict or transaction counters:\n%s", metrics)
 	}
 	assertNoLoop(t, nodes)
@@ -233,14 +231,5 @@ func assertNoLoop(t *testing.T, nodes []*grouptest.Node) {
 
 func scrape(t *testing.T, n *grouptest.Node) string {
 	t.Helper()
-	resp, err := http.Get("http://" + n.Admin + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape %s: %v", n.Name, err)
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape %s: %s %v", n.Name, resp.Status, err)
-	}
-	return string(out)
+	return n.Metrics()
 }

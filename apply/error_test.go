@@ -43,7 +43,7 @@ func TestPermanentErrorVisible(t *testing.T) {
 		return b.QueryInt(`SELECT count(*) FROM bdr.node_status WHERE peer = $1 AND direction = 'incoming'
 			AND state = 'error' AND last_error LIKE '%only_a%'`, a.Name) == 1, nil
 	})
-	if m := scrape(t, b); !strings.Contains(m, `bdr_stream_errors_total{class="fatal",peer="`+a.Name+`"}`) {
+	if m := scrape(t, b); !strings.Contains(m, `bdr_stream_errors_total{class="fatal",node="`+b.Name+`",peer="`+a.Name+`"}`) {
 		t.Errorf("no fatal stream error counted in the metrics")
 	}
 

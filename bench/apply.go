@@ -227,18 +227,35 @@ type bdrdProc struct {
 	client *adminapi.Client
 }
 
-func startBdrd(ctx context.Context, bin, name, dsn, dataDir string) (*bdrdProc, error) {
+// freePort returns a free loopback TCP address.
+func freePort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	admin := l.Addr().String()
-	l.Close()
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startBdrd starts bdrd with its admin API on loopback without a token
+// (the benchmark is alone on this host) and its own gossip and consensus
+// ports.
+func startBdrd(ctx context.Context, bin, name, dsn, dataDir string) (*bdrdProc, error) {
+	var addrs [3]string
+	for i := range addrs {
+		a, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		addrs[i] = a
+	}
+	admin := addrs[0]
 	logf, err := os.Create(dataDir + ".log")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--node-name", name, "--dsn", dsn, "--admin-listen", admin, "--data-dir", dataDir)
+	cmd := exec.Command(bin, "--node-name", name, "--dsn", dsn, "--admin-listen", admin, "--admin-insecure-loopback",
+		"--gossip-listen", addrs[1], "--raft-listen", addrs[2], "--data-dir", dataDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -3,7 +3,7 @@ package membership
 import (
 	"context"
 	"errors"
-	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -13,78 +13,39 @@ import (
 	"github.com/bdr-dev/bdr/internal/catalog"
 )
 
-// Admit runs on the member a joiner goes through: it checks the name,
-// allocates the node id, and records the joiner as joining on every member.
-// Every member must be reachable.
+// Admit runs on the member a joiner goes through: the group decides,
+// through consensus, on the name and the node id, and records the joiner as
+// joining; the joiner gets the members and the group key.
 func (s *Service) Admit(ctx context.Context, r adminapi.AdmitRequest) (adminapi.AdmitResponse, error) {
 	if !NamePattern.MatchString(r.Name) {
 		return adminapi.AdmitResponse{}, adminapi.BadRequest("node name %q is invalid: use 1-31 characters a-z, 0-9 and _, starting with a letter", r.Name)
 	}
-	if r.PublicDSN == "" || r.AdminAddr == "" {
-		return adminapi.AdmitResponse{}, adminapi.BadRequest("a joining node must give its public dsn and admin address")
+	if r.PublicDSN == "" || r.AdminAddr == "" || r.GossipAddr == "" || r.RaftAddr == "" {
+		return adminapi.AdmitResponse{}, adminapi.BadRequest("a joining node must give its public dsn and its admin, gossip and consensus addresses")
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	self, ok, err := s.local(ctx)
 	if err != nil {
 		return adminapi.AdmitResponse{}, err
 	}
-	if !ok || self.State != catalog.StateActive {
+	cons, _, key := s.group()
+	if !ok || self.State != catalog.StateActive || cons == nil {
 		return adminapi.AdmitResponse{}, adminapi.Conflict("node %s is not an active member of a group", s.cfg.NodeName)
 	}
-	nodes, err := catalog.Nodes(ctx, s.pool)
-	if err != nil {
-		return adminapi.AdmitResponse{}, err
-	}
-	if n, ok := findCurrent(nodes, r.Name); ok {
-		return adminapi.AdmitResponse{}, adminapi.Conflict("node name %q is already used by node %d (%s) in this group", r.Name, n.ID, n.State)
-	}
-	var members []catalog.Node
-	for _, n := range nodes {
-		if n.Current() {
-			members = append(members, n)
-		}
-	}
-	for _, n := range members {
-		if n.IsLocal {
-			continue
-		}
-		if _, err := client(n.AdminAddr).Info(ctx); err != nil {
-			return adminapi.AdmitResponse{}, adminapi.Unavailable("member %s (%s) does not answer: %v; a node can join only while every member is up", n.Name, n.AdminAddr, err)
-		}
-	}
 	if err := checkDSN(ctx, r.PublicDSN); err != nil {
-		return adminapi.AdmitResponse{}, adminapi.BadRequest("cannot reach the joining node's database through its public dsn: %v", err)
+		return adminapi.AdmitResponse{}, adminapi.BadRequest("cannot reach the joining node's database through its public dsn: %s", RedactDSN(err.Error()))
 	}
-
-	id, err := nextNodeID(ctx, s.pool)
+	n, err := s.propose(ctx, command{Op: opAdmit, Node: groupNode{Name: r.Name, PublicDSN: r.PublicDSN,
+		AdminAddr: r.AdminAddr, GossipAddr: r.GossipAddr, RaftAddr: r.RaftAddr}})
 	if err != nil {
 		return adminapi.AdmitResponse{}, err
 	}
-	joiner := catalog.Node{ID: id, Name: r.Name, State: catalog.StateJoining, PublicDSN: r.PublicDSN, AdminAddr: r.AdminAddr}
-	if err := catalog.UpsertNode(ctx, s.pool, joiner); err != nil {
-		return adminapi.AdmitResponse{}, err
-	}
-	var told []catalog.Node
-	for _, n := range members {
-		if n.IsLocal {
-			continue
+	resp := adminapi.AdmitResponse{NodeID: n.ID, GroupKey: key.String()}
+	for _, m := range cons.fsm.current().sorted() {
+		if m.State != catalog.StateParted && m.Name != r.Name {
+			resp.Members = append(resp.Members, groupToAPI(m))
 		}
-		if err := client(n.AdminAddr).UpsertNode(ctx, toAPI(joiner)); err != nil {
-			// Undo: nobody keeps a half-admitted node.
-			for _, t := range told {
-				_ = client(t.AdminAddr).DropNode(ctx, r.Name)
-			}
-			_ = catalog.DeleteNode(ctx, s.pool, id)
-			return adminapi.AdmitResponse{}, fmt.Errorf("admit %s: tell %s: %w", r.Name, n.Name, err)
-		}
-		told = append(told, n)
 	}
-	resp := adminapi.AdmitResponse{NodeID: id}
-	for _, n := range members {
-		resp.Members = append(resp.Members, toAPI(n))
-	}
-	s.log.Info("admitted a joining node", "name", r.Name, "node_id", id)
+	s.log.Info("admitted a joining node", "name", r.Name, "node_id", n.ID)
 	return resp, nil
 }
 
@@ -96,41 +57,6 @@ func checkDSN(ctx context.Context, dsn string) error {
 		return err
 	}
 	return conn.Close(ctx)
-}
-
-// UpsertNode records what a member says about another node, and starts or
-// stops streams accordingly.
-func (s *Service) UpsertNode(ctx context.Context, n adminapi.Node) error {
-	if !NamePattern.MatchString(n.Name) || n.ID <= 0 {
-		return adminapi.BadRequest("invalid node %q (id %d)", n.Name, n.ID)
-	}
-	switch n.State {
-	case catalog.StateJoining, catalog.StateActive:
-	default:
-		return adminapi.BadRequest("invalid node state %q", n.State)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n.Name == s.cfg.NodeName {
-		return adminapi.Conflict("node %s cannot be told about itself", n.Name)
-	}
-	nodes, err := catalog.Nodes(ctx, s.pool)
-	if err != nil {
-		return err
-	}
-	for _, o := range nodes {
-		if o.Current() && o.ID != n.ID && o.Name == n.Name {
-			return adminapi.Conflict("node name %q is already used by node %d", n.Name, o.ID)
-		}
-		if o.ID == n.ID && (o.IsLocal || (o.Name != n.Name && o.Current())) {
-			return adminapi.Conflict("node id %d is already used by node %s", n.ID, o.Name)
-		}
-	}
-	if err := catalog.UpsertNode(ctx, s.pool, catalog.Node{ID: n.ID, Name: n.Name, State: n.State,
-		PublicDSN: n.PublicDSN, AdminAddr: n.AdminAddr}); err != nil {
-		return err
-	}
-	return s.syncStreams(ctx)
 }
 
 // Pause holds this node's appliers between transactions.
@@ -160,4 +86,9 @@ func (s *Service) WaitProcessed(ctx context.Context, r adminapi.WaitRequest) err
 		return adminapi.NotFound("%v", err)
 	}
 	return err
+}
+
+// isNotFound tells a decision refused because the node is unknown.
+func isNotFound(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no node named")
 }

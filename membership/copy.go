@@ -47,7 +47,7 @@ func (v *viaSnapshot) close() {
 // member, and resumes (DESIGN "Join", step 4).
 func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (*viaSnapshot, error) {
 	s, via := j.s, j.task.via
-	c := client(via.AdminAddr)
+	c := s.client(via.AdminAddr)
 	if err := c.Pause(ctx, pauseLease); err != nil {
 		return nil, fmt.Errorf("pause %s: %w", via.Name, err)
 	}

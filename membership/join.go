@@ -13,6 +13,7 @@ import (
 	"github.com/bdr-dev/bdr/apply"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
+	"github.com/bdr-dev/bdr/internal/groupkey"
 	"github.com/bdr-dev/bdr/internal/state"
 	"github.com/bdr-dev/bdr/replsets"
 )
@@ -41,8 +42,18 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 	if s.joining() {
 		return adminapi.JoinProgress{}, adminapi.Conflict("node %s is already joining", s.cfg.NodeName)
 	}
-	via, err := client(r.Via).Info(ctx)
+	// The operator's token, valid on the via node too, admits us; after
+	// that the group key's internal token serves.
+	viaClient := adminapi.NewClient(r.Via, peerTimeout).WithToken(adminapi.TokenFromContext(ctx))
+	if s.cfg.Dial != nil {
+		viaClient = viaClient.WithDialer(s.cfg.Dial)
+	}
+	via, err := viaClient.Info(ctx)
 	if err != nil {
+		var e *adminapi.Error
+		if errors.As(err, &e) {
+			return adminapi.JoinProgress{}, fmt.Errorf("the via node refused: %w", err)
+		}
 		return adminapi.JoinProgress{}, adminapi.Unavailable("cannot reach the via node: %v", err)
 	}
 	if via.State != catalog.StateActive {
@@ -54,8 +65,23 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 		return adminapi.JoinProgress{}, adminapi.Conflict("the database of node %s already holds user tables (%s); a joining node needs an empty database",
 			s.cfg.NodeName, strings.Join(tables, ", "))
 	}
-	admit, err := client(r.Via).Admit(ctx, adminapi.AdmitRequest{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN, AdminAddr: s.cfg.AdminAddr})
+	admit, err := viaClient.Admit(ctx, adminapi.AdmitRequest{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN,
+		AdminAddr: s.cfg.AdminAddr, GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr()})
 	if err != nil {
+		return adminapi.JoinProgress{}, err
+	}
+	key, err := groupkey.Parse(admit.GroupKey)
+	if err != nil {
+		return adminapi.JoinProgress{}, fmt.Errorf("admission through %s: %w", via.Name, err)
+	}
+	if err := groupkey.Write(s.cfg.KeyFile, key); err != nil {
+		return adminapi.JoinProgress{}, err
+	}
+	var seeds []string
+	for _, m := range admit.Members {
+		seeds = append(seeds, m.GossipAddr)
+	}
+	if err := s.startGroup(key, false, seeds); err != nil {
 		return adminapi.JoinProgress{}, err
 	}
 	now := time.Now()
@@ -144,31 +170,22 @@ type joiner struct {
 	copied      bool
 }
 
-func (j *joiner) self() catalog.Node {
-	return catalog.Node{ID: j.task.id, Name: j.s.cfg.NodeName, State: catalog.StateJoining, IsLocal: true,
-		PublicDSN: j.s.cfg.PublicDSN, AdminAddr: j.s.cfg.AdminAddr}
-}
-
 func (j *joiner) run(ctx context.Context) error {
 	s, via := j.s, j.task.via
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	// 1. Record the group locally; create the slots the members will stream
-	// from (before the copy, so no local write is ever missed), then slot
-	// bdr_<self> on every member but the via node.
+	// 1. Follow the group's consensus log until it has this node: the
+	// catalog then mirrors the group. Create the slots the members will
+	// stream from (before the copy, so no local write is ever missed), then
+	// slot bdr_<self> on every member but the via node.
+	s.phase(adminapi.PhaseSlots, "following the group's decisions")
+	if err := j.waitAdmitted(ctx); err != nil {
+		return err
+	}
 	s.phase(adminapi.PhaseSlots, "creating replication slots")
 	if err := replsets.EnsureDefault(ctx, s.pool); err != nil {
 		return err
-	}
-	if err := catalog.UpsertNode(ctx, s.pool, j.self()); err != nil {
-		return err
-	}
-	for _, m := range j.task.members {
-		if err := catalog.UpsertNode(ctx, s.pool, catalog.Node{ID: m.ID, Name: m.Name, State: m.State,
-			PublicDSN: m.PublicDSN, AdminAddr: m.AdminAddr}); err != nil {
-			return err
-		}
 	}
 	if err := s.store.Put(state.KeyIdentity, state.Identity{Name: s.cfg.NodeName, NodeID: j.task.id}); err != nil {
 		return err
@@ -195,7 +212,7 @@ func (j *joiner) run(ctx context.Context) error {
 	// 2. Wait until the via node has applied every other member up to the
 	// point where that member's slot for us starts.
 	s.phase(adminapi.PhaseWaitVia, "waiting for %s to apply the other members up to our slots", via.Name)
-	long := adminapi.NewClient(via.AdminAddr, 0)
+	long := s.client(via.AdminAddr).WithTimeout(0)
 	for name, lsn := range start {
 		if err := long.WaitProcessed(ctx, name, lsn.String()); err != nil {
 			return fmt.Errorf("wait for %s to apply %s up to %s: %w", via.Name, name, lsn, err)
@@ -225,26 +242,20 @@ func (j *joiner) run(ctx context.Context) error {
 	}
 	snap.close()
 
-	// 5. Start every member's stream to us where the via node's data ends.
+	// 5. Start every member's stream to us where the via node's data ends,
+	// and ours to every member: the group makes this node active (and a
+	// voter), and every node's streams follow.
 	s.phase(adminapi.PhaseStreams, "starting streams")
 	for name, lsn := range snap.progress {
 		if err := setOrigin(ctx, s.pool, catalog.OriginName(name), lsn); err != nil {
 			return err
 		}
 	}
-	self := j.self()
-	self.State = catalog.StateActive
-	if err := catalog.UpsertNode(ctx, s.pool, self); err != nil {
-		return err
+	if _, err := s.propose(ctx, command{Op: opActivate, Node: groupNode{Name: s.cfg.NodeName}}); err != nil {
+		return fmt.Errorf("activate: %w", err)
 	}
-	if err := s.syncStreams(ctx); err != nil {
+	if err := j.waitActive(ctx); err != nil {
 		return err
-	}
-	// 6. And ours to every member.
-	for _, m := range j.task.members {
-		if err := client(m.AdminAddr).UpsertNode(ctx, toAPI(self)); err != nil {
-			return fmt.Errorf("start the stream to %s: %w", m.Name, err)
-		}
 	}
 
 	s.phase(adminapi.PhaseCatchingUp, "catching up")
@@ -284,45 +295,61 @@ func (j *joiner) waitCaughtUp(ctx context.Context) error {
 	}
 }
 
-// undo removes what a failed join created: the members forget this node
-// and drop its slots and origins; locally the catalog rows, slots and
-// origins go. Data already copied stays (it is reported).
+// undo removes what a failed join created: the group parts this node (so
+// every member drops its slot and origin for it), and locally its slots,
+// origins, catalog rows, consensus state and key go. Data already copied
+// stays (it is reported).
 func (j *joiner) undo(ctx context.Context) error {
 	s := j.s
 	var errs []error
-	if err := s.streams.SetPeers(ctx, 0, nil); err != nil {
-		errs = append(errs, err)
-	}
-	_ = client(j.task.via.AdminAddr).Resume(ctx)
-	for _, m := range j.task.members {
-		if err := client(m.AdminAddr).DropNode(ctx, s.cfg.NodeName); err != nil {
-			var e *adminapi.Error
-			if !errors.As(err, &e) || e.Status != 404 {
-				errs = append(errs, fmt.Errorf("on %s: %w", m.Name, err))
-			}
-		}
+	_ = s.client(j.task.via.AdminAddr).Resume(ctx)
+	if _, err := s.part(ctx, s.cfg.NodeName, "join failed"); err != nil && !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("part the half-joined node: %w", err))
 	}
 	for _, m := range j.remoteSlots {
 		if err := dropSlot(ctx, m.PublicDSN, catalog.SlotName(s.cfg.NodeName)); err != nil {
 			errs = append(errs, fmt.Errorf("on %s: %w", m.Name, err))
 		}
 	}
-	for _, m := range j.task.members {
-		if err := dropSlot(ctx, s.cfg.DSN, catalog.SlotName(m.Name)); err != nil {
-			errs = append(errs, err)
-		}
-		if err := dropOrigin(ctx, s.pool, catalog.OriginName(m.Name)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM bdr.nodes`); err != nil {
+	s.mu.Lock()
+	err := s.leaveLocked(ctx)
+	s.mu.Unlock()
+	if err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.store.Delete(state.KeyIdentity); err != nil {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM bdr.nodes`); err != nil {
 		errs = append(errs, err)
 	}
 	if j.copied {
 		errs = append(errs, errors.New("the schema and data copied so far remain in the local database; recreate it empty before joining again"))
 	}
 	return errors.Join(errs...)
+}
+
+// waitAdmitted waits until the consensus log reached this node with its
+// own admission, and mirrors it into the catalog.
+func (j *joiner) waitAdmitted(ctx context.Context) error {
+	return j.waitState(ctx, func(n groupNode) bool { return true })
+}
+
+// waitActive waits until this node is active in the group's state here.
+func (j *joiner) waitActive(ctx context.Context) error {
+	return j.waitState(ctx, func(n groupNode) bool { return n.State == catalog.StateActive })
+}
+
+func (j *joiner) waitState(ctx context.Context, ok func(groupNode) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		if cons, _, _ := j.s.group(); cons != nil {
+			if n, found := cons.fsm.current().Nodes[j.s.cfg.NodeName]; found && n.ID == j.task.id && ok(n) {
+				return j.s.reconcile(ctx)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the group's decisions did not reach this node: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

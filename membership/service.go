@@ -5,15 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/bdr-dev/bdr/apply"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
+	"github.com/bdr-dev/bdr/internal/groupkey"
 	"github.com/bdr-dev/bdr/internal/state"
 	"github.com/bdr-dev/bdr/replsets"
 )
@@ -22,12 +30,22 @@ import (
 // and origin names.
 var NamePattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,30}$`)
 
-// Timeouts of calls to other members.
+// Timeouts and periods.
 const (
-	peerTimeout  = 10 * time.Second
-	pauseLease   = time.Minute
-	caughtUpLag  = 1 << 20 // bytes of lag under which a joined node is ready
-	dropAttempts = 20
+	peerTimeout   = 10 * time.Second
+	pauseLease    = time.Minute
+	caughtUpLag   = 1 << 20 // bytes of lag under which a joined node is ready
+	dropAttempts  = 20
+	livenessEvery = 500 * time.Millisecond
+	healthEvery   = time.Second
+	reconcileMax  = 2 * time.Second // reconcile at least this often
+	rejoinEvery   = 3 * time.Second // gossip with members seen down
+)
+
+// WAL budget policies.
+const (
+	OnWALBudgetPart  = "part"
+	OnWALBudgetAlert = "alert"
 )
 
 // Config configures a Service.
@@ -38,7 +56,24 @@ type Config struct {
 	AdminAddr string // how peers reach this bdrd's admin API
 	PGBinDir  string // where pg_dump and psql are, for the join's schema copy
 	Version   string
-	Logger    *slog.Logger
+	DataDir   string // raft state lives in DataDir/raft
+
+	GossipListen    string // host:port, TCP and UDP
+	GossipAdvertise string // "" = GossipListen
+	RaftListen      string
+	RaftAdvertise   string // "" = RaftListen
+	KeyFile         string // the group key; written at init and join
+
+	MaxPeerWAL  int64  // bytes of WAL a slot may keep for a down peer
+	OnWALBudget string // OnWALBudgetPart or OnWALBudgetAlert
+
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+
+	// Network faults, for tests: a gossip transport and a dialer for the
+	// consensus and admin traffic. Nil means the real network.
+	GossipTransport func(bind string) (memberlist.NodeAwareTransport, error)
+	Dial            func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Validate checks the configuration.
@@ -52,6 +87,14 @@ func (c Config) Validate() error {
 		return errors.New("public dsn is required")
 	case c.AdminAddr == "":
 		return errors.New("admin address is required")
+	case c.DataDir == "" || c.KeyFile == "":
+		return errors.New("data dir and key file are required")
+	case c.GossipListen == "" || c.RaftListen == "":
+		return errors.New("gossip and consensus listen addresses are required")
+	case c.MaxPeerWAL <= 0:
+		return errors.New("the WAL budget per peer must be positive")
+	case c.OnWALBudget != OnWALBudgetPart && c.OnWALBudget != OnWALBudgetAlert:
+		return fmt.Errorf("WAL budget policy %q: want part or alert", c.OnWALBudget)
 	}
 	return nil
 }
@@ -67,19 +110,29 @@ type Streams interface {
 
 var _ Streams = (*apply.Manager)(nil)
 
-// Service carries out the group's membership procedures for one node: init,
-// admission of joiners, the join itself, part and leave. It implements the
-// admin API backend.
+// Service carries out the group's membership for one node: init, admission
+// of joiners, the join itself, part and leave, decided through consensus;
+// gossip for liveness; the WAL budget. It implements the admin API backend.
 type Service struct {
 	cfg     Config
 	pool    *pgxpool.Pool
 	store   *state.Store
 	streams Streams
 	log     *slog.Logger
+	met     *metrics
 	tasks   chan joinTask
 
 	// mu serializes the procedures that change this node's catalog.
 	mu sync.Mutex
+
+	gmu     sync.Mutex
+	key     groupkey.Key // nil before init or join
+	cons    *consensus
+	gsp     *gossip
+	changed chan struct{} // the group changed: reconcile now
+	dbUp    bool
+	lives   map[string]liveness
+	budget  map[string]walUse
 
 	jmu  sync.Mutex
 	join *adminapi.JoinProgress
@@ -96,7 +149,9 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, pool: pool, store: store, streams: streams, log: log, tasks: make(chan joinTask, 1)}
+	s := &Service{cfg: cfg, pool: pool, store: store, streams: streams, log: log,
+		met: newMetrics(cfg.Registry), tasks: make(chan joinTask, 1), changed: make(chan struct{}, 1),
+		dbUp: true, lives: map[string]liveness{}, budget: map[string]walUse{}}
 	var jp adminapi.JoinProgress
 	if ok, err := store.Get(state.KeyJoin, &jp); err != nil {
 		return nil, err
@@ -111,25 +166,142 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 	return s, nil
 }
 
-// Run starts the streams the catalog asks for and carries out joins handed
-// to it, until ctx ends.
+// Run rejoins the group when this node is a member, then reconciles the
+// catalog and the streams with the group's decisions, follows liveness and
+// the WAL budget, and carries out joins handed to it, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	if err := s.syncStreams(ctx); err != nil {
+	if err := s.resume(ctx); err != nil {
 		return err
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case t := <-s.tasks:
-			s.runJoin(ctx, t)
+	defer s.stopGroup()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.reconcileLoop(ctx); return nil })
+	g.Go(func() error { s.livenessLoop(ctx); return nil })
+	g.Go(func() error { s.walBudgetLoop(ctx); return nil })
+	g.Go(func() error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case t := <-s.tasks:
+				s.runJoin(ctx, t)
+			}
 		}
+	})
+	return g.Wait()
+}
+
+// resume starts consensus and gossip again after a restart of a member.
+func (s *Service) resume(ctx context.Context) error {
+	var id state.Identity
+	ok, err := s.store.Get(state.KeyIdentity, &id)
+	if err != nil || !ok {
+		return s.syncStreams(ctx) // not a member: no streams
+	}
+	key, ok, err := groupkey.Read(s.cfg.KeyFile)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("node %s is a member but its group key %s is missing; restore it from another member", s.cfg.NodeName, s.cfg.KeyFile)
+	}
+	nodes, err := catalog.Nodes(ctx, s.pool)
+	if err != nil {
+		return err
+	}
+	var seeds []string
+	for _, n := range nodes {
+		if !n.IsLocal && n.Current() && n.GossipAddr != "" {
+			seeds = append(seeds, n.GossipAddr)
+		}
+	}
+	if err := s.startGroup(key, false, seeds); err != nil {
+		return err
+	}
+	return s.syncStreams(ctx)
+}
+
+// startGroup starts consensus (bootstrapping a new group when asked) and
+// gossip, and keeps the key.
+func (s *Service) startGroup(key groupkey.Key, bootstrap bool, seeds []string) error {
+	if cons, _, _ := s.group(); cons != nil {
+		return nil
+	}
+	// Callers are serialized (init and join hold s.mu, resume runs first);
+	// gmu is not held here because gossip asks for this node's metadata,
+	// which takes it, while it starts.
+	cons, err := openConsensus(consensusConfig{Name: s.cfg.NodeName, Dir: filepath.Join(s.cfg.DataDir, "raft"),
+		Bind: s.cfg.RaftListen, Advertise: s.cfg.RaftAdvertise, Key: key, Logger: s.log, Dial: s.cfg.Dial,
+		Changed: s.changed})
+	if err != nil {
+		return err
+	}
+	if bootstrap {
+		if err := cons.bootstrap(s.cfg.NodeName); err != nil {
+			cons.close()
+			return err
+		}
+	}
+	gc := gossipConfig{Name: s.cfg.NodeName, Bind: s.cfg.GossipListen, Advertise: s.cfg.GossipAdvertise,
+		Key: key.GossipKey(), Meta: s.meta, Logger: s.log}
+	if s.cfg.GossipTransport != nil {
+		if gc.Transport, err = s.cfg.GossipTransport(s.cfg.GossipListen); err != nil {
+			cons.close()
+			return err
+		}
+	}
+	gsp, err := startGossip(gc)
+	if err != nil {
+		cons.close()
+		return err
+	}
+	s.gmu.Lock()
+	s.key, s.cons, s.gsp = key, cons, gsp
+	s.gmu.Unlock()
+	gsp.update() // now with this node's id and state
+	if err := gsp.join(seeds); err != nil {
+		s.log.Info("no member answered gossip yet", "err", err)
+	}
+	return nil
+}
+
+// stopGroup stops gossip and consensus.
+func (s *Service) stopGroup() {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if s.gsp != nil {
+		s.gsp.shutdown()
+		s.gsp = nil
+	}
+	if s.cons != nil {
+		s.cons.close()
+		s.cons = nil
 	}
 }
 
-// local returns this node's catalog row; ok is false when it is not a member.
-func (s *Service) local(ctx context.Context) (catalog.Node, bool, error) {
-	return catalog.LocalNode(ctx, s.pool)
+// group returns the running consensus and gossip, nil before init or join.
+func (s *Service) group() (*consensus, *gossip, groupkey.Key) {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	return s.cons, s.gsp, s.key
+}
+
+// meta is what this node gossips about itself.
+func (s *Service) meta() memberMeta {
+	m := memberMeta{Name: s.cfg.NodeName, Admin: s.cfg.AdminAddr, Version: s.cfg.Version}
+	if cfg, err := pgconn.ParseConfig(s.cfg.PublicDSN); err == nil {
+		m.DB = dbAddr(cfg.Host, cfg.Port)
+	}
+	s.gmu.Lock()
+	m.DBUp = s.dbUp
+	cons := s.cons
+	s.gmu.Unlock()
+	if cons != nil {
+		if n, ok := cons.fsm.current().Nodes[s.cfg.NodeName]; ok {
+			m.ID, m.State = n.ID, n.State
+		}
+	}
+	return m
 }
 
 // syncStreams makes the running streams match the catalog: while this node
@@ -157,10 +329,15 @@ func (s *Service) syncStreams(ctx context.Context) error {
 	return s.streams.SetPeers(ctx, self.ID, peers)
 }
 
+// local returns this node's catalog row; ok is false when it is not a member.
+func (s *Service) local(ctx context.Context) (catalog.Node, bool, error) {
+	return catalog.LocalNode(ctx, s.pool)
+}
+
 // Info describes this node.
 func (s *Service) Info(ctx context.Context) (adminapi.Info, error) {
 	info := adminapi.Info{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN, AdminAddr: s.cfg.AdminAddr,
-		Version: s.cfg.Version, State: "none"}
+		GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr(), Version: s.cfg.Version, State: "none"}
 	self, ok, err := s.local(ctx)
 	if err != nil {
 		return info, err
@@ -171,7 +348,22 @@ func (s *Service) Info(ctx context.Context) (adminapi.Info, error) {
 	return info, nil
 }
 
-// Init makes this node the first member of a new group.
+func (s *Service) gossipAddr() string {
+	if s.cfg.GossipAdvertise != "" {
+		return s.cfg.GossipAdvertise
+	}
+	return s.cfg.GossipListen
+}
+
+func (s *Service) raftAddr() string {
+	if s.cfg.RaftAdvertise != "" {
+		return s.cfg.RaftAdvertise
+	}
+	return s.cfg.RaftListen
+}
+
+// Init makes this node the first member of a new group: a new group key,
+// consensus bootstrapped with this node as its only voter.
 func (s *Service) Init(ctx context.Context) (adminapi.Info, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -186,30 +378,54 @@ func (s *Service) Init(ctx context.Context) (adminapi.Info, error) {
 	if err := replsets.EnsureDefault(ctx, s.pool); err != nil {
 		return adminapi.Info{}, err
 	}
-	id, err := nextNodeID(ctx, s.pool)
+	self, err := s.initGroup(ctx)
 	if err != nil {
-		return adminapi.Info{}, err
+		// Nothing half-made stays: no key, no consensus state, no catalog rows.
+		s.stopGroup()
+		_ = os.Remove(s.cfg.KeyFile)
+		_ = os.RemoveAll(filepath.Join(s.cfg.DataDir, "raft"))
+		_, _ = s.pool.Exec(ctx, `DELETE FROM bdr.nodes`)
+		return adminapi.Info{}, fmt.Errorf("init: %w", err)
 	}
-	self := catalog.Node{ID: id, Name: s.cfg.NodeName, State: catalog.StateActive, IsLocal: true,
-		PublicDSN: s.cfg.PublicDSN, AdminAddr: s.cfg.AdminAddr}
-	if err := catalog.UpsertNode(ctx, s.pool, self); err != nil {
-		return adminapi.Info{}, err
-	}
-	if err := s.store.Put(state.KeyIdentity, state.Identity{Name: self.Name, NodeID: self.ID}); err != nil {
-		return adminapi.Info{}, err
-	}
-	s.log.Info("initialized a new group", "node_id", id)
+	s.log.Info("initialized a new group", "node_id", self.ID)
 	return s.Info(ctx)
 }
 
-// nextNodeID is one more than any id this node has ever recorded, so ids of
-// parted nodes are never reused.
-func nextNodeID(ctx context.Context, db catalog.DB) (int32, error) {
-	var id int32
-	if err := db.QueryRow(ctx, `SELECT coalesce(max(node_id), 0) + 1 FROM bdr.nodes`).Scan(&id); err != nil {
-		return 0, fmt.Errorf("allocate node id: %w", err)
+// initGroup makes the group key, bootstraps consensus and admits this node.
+func (s *Service) initGroup(ctx context.Context) (groupNode, error) {
+	key, err := groupkey.New()
+	if err != nil {
+		return groupNode{}, err
 	}
-	return id, nil
+	if err := groupkey.Write(s.cfg.KeyFile, key); err != nil {
+		return groupNode{}, err
+	}
+	if err := s.startGroup(key, true, nil); err != nil {
+		return groupNode{}, err
+	}
+	cons, _, _ := s.group()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := cons.waitLeader(wctx); err != nil {
+		return groupNode{}, fmt.Errorf("consensus: %w", err)
+	}
+	self, err := cons.apply(command{Op: opAdmit, Node: s.selfNode(catalog.StateActive), At: time.Now()})
+	if err != nil {
+		return groupNode{}, err
+	}
+	if err := s.reconcileLocked(ctx); err != nil {
+		return groupNode{}, err
+	}
+	if err := s.store.Put(state.KeyIdentity, state.Identity{Name: self.Name, NodeID: self.ID}); err != nil {
+		return groupNode{}, err
+	}
+	return self, nil
+}
+
+// selfNode describes this node for the group's state.
+func (s *Service) selfNode(st string) groupNode {
+	return groupNode{Name: s.cfg.NodeName, State: st, PublicDSN: s.cfg.PublicDSN, AdminAddr: s.cfg.AdminAddr,
+		GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr()}
 }
 
 func (s *Service) joining() bool {
@@ -219,17 +435,32 @@ func (s *Service) joining() bool {
 }
 
 func toAPI(n catalog.Node) adminapi.Node {
-	return adminapi.Node{ID: n.ID, Name: n.Name, State: n.State, PublicDSN: n.PublicDSN, AdminAddr: n.AdminAddr, Since: n.StateChangedAt}
+	return adminapi.Node{ID: n.ID, Name: n.Name, State: n.State, PublicDSN: n.PublicDSN, AdminAddr: n.AdminAddr,
+		GossipAddr: n.GossipAddr, RaftAddr: n.RaftAddr, Since: n.StateChangedAt, Reason: n.Reason}
 }
 
-func client(addr string) *adminapi.Client { return adminapi.NewClient(addr, peerTimeout) }
+func groupToAPI(n groupNode) adminapi.Node {
+	return adminapi.Node{ID: n.ID, Name: n.Name, State: n.State, PublicDSN: n.PublicDSN, AdminAddr: n.AdminAddr,
+		GossipAddr: n.GossipAddr, RaftAddr: n.RaftAddr, Since: n.Since, Reason: n.Reason}
+}
 
-// findCurrent returns the current (not parted) node named name.
-func findCurrent(nodes []catalog.Node, name string) (catalog.Node, bool) {
-	for _, n := range nodes {
-		if n.Name == name && n.Current() {
-			return n, true
-		}
+// client talks to another member with the group's internal token.
+func (s *Service) client(addr string) *adminapi.Client {
+	c := adminapi.NewClient(addr, peerTimeout)
+	if s.cfg.Dial != nil {
+		c = c.WithDialer(s.cfg.Dial)
 	}
-	return catalog.Node{}, false
+	if _, _, key := s.group(); key != nil {
+		c = c.WithToken(key.InternalToken())
+	}
+	return c
+}
+
+// InternalToken is the token members use on this node's admin API, "" before
+// the node has a group key.
+func (s *Service) InternalToken() string {
+	if _, _, key := s.group(); key != nil {
+		return key.InternalToken()
+	}
+	return ""
 }

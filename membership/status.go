@@ -43,6 +43,7 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM bdr.conflict_history`).Scan(&st.Conflicts); err != nil {
 		return adminapi.Status{}, fmt.Errorf("count conflicts: %w", err)
 	}
+	s.addGroupInfo(&st)
 	if !group {
 		return st, nil
 	}
@@ -54,10 +55,14 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 		if n.IsLocal || n.State != catalog.StateActive {
 			continue
 		}
+		if l, ok := s.liveOf(n.Name); ok && l.State == LiveDown {
+			reach[n.Name] = false // do not wait for a member gossip knows is down
+			continue
+		}
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, statusTimeout)
 			defer cancel()
-			remote, err := adminapi.NewClient(n.AdminAddr, statusTimeout).Status(cctx, false)
+			remote, err := s.client(n.AdminAddr).Status(cctx, false)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -72,6 +77,9 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	for _, n := range nodes {
 		a := toAPI(n)
 		a.PublicDSN = RedactDSN(a.PublicDSN)
+		if l, ok := s.liveOf(n.Name); ok {
+			a.Live, a.LiveSince = l.State, l.Since
+		}
 		if r, ok := reach[n.Name]; ok {
 			a.Reachable = &r
 			if !r {
@@ -93,6 +101,22 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 		return a.To < b.To
 	})
 	return st, nil
+}
+
+// addGroupInfo adds consensus and WAL budget information.
+func (s *Service) addGroupInfo(st *adminapi.Status) {
+	cons, _, _ := s.group()
+	if cons == nil {
+		return
+	}
+	st.Leader = cons.leader()
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	for peer, u := range s.budget {
+		st.WAL = append(st.WAL, adminapi.WALBudget{Peer: peer, RetainedBytes: u.Retained,
+			BudgetBytes: s.cfg.MaxPeerWAL, UsedRatio: u.Ratio, State: u.State})
+	}
+	sort.Slice(st.WAL, func(i, j int) bool { return st.WAL[i].Peer < st.WAL[j].Peer })
 }
 
 // slotStream describes the stream from this node to name from the slot.

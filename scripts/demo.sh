@@ -13,6 +13,9 @@ PGBIN=${PG_BINDIR:-$(pg_config --bindir)}
 NAMES=(tokyo singapore sydney)
 PG_PORTS=(5441 5442 5443)
 ADMIN=(127.0.0.1:7801 127.0.0.1:7802 127.0.0.1:7803)
+GOSSIP=(127.0.0.1:7901 127.0.0.1:7902 127.0.0.1:7903)
+RAFT=(127.0.0.1:7911 127.0.0.1:7912 127.0.0.1:7913)
+TOKEN_FILE=$DIR/admin.token
 SECONDS_OF_LOAD=${BDR_DEMO_SECONDS:-10}
 
 # PostgreSQL refuses to run as root: run it as the postgres user then.
@@ -65,10 +68,15 @@ EOF
 		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "${PG_PORTS[$i]}" -U postgres -c "CREATE DATABASE demo" postgres
 	done
 
+	# One admin token for the group: bdrctl sends it, and a join passes it on.
+	head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TOKEN_FILE"
+	chmod 600 "$TOKEN_FILE"
+	export BDRCTL_TOKEN_FILE=$TOKEN_FILE
 	for i in 0 1 2; do
 		n=${NAMES[$i]}
 		echo "== bdrd $n, admin API at ${ADMIN[$i]}"
 		nohup "$BIN/bdrd" --node-name "$n" --dsn "$(dsn "$i")" --admin-listen "${ADMIN[$i]}" \
+			--admin-token-file "$TOKEN_FILE" --gossip-listen "${GOSSIP[$i]}" --raft-listen "${RAFT[$i]}" \
 			--data-dir "$DIR/bdrd-$n" >"$DIR/bdrd-$n.log" 2>&1 &
 		echo $! >"$DIR/bdrd-$n.pid"
 	done
@@ -117,7 +125,7 @@ Connect:
   psql -h 127.0.0.1 -p ${PG_PORTS[0]} -U postgres demo    # ${NAMES[0]}
   psql -h 127.0.0.1 -p ${PG_PORTS[1]} -U postgres demo    # ${NAMES[1]}
   psql -h 127.0.0.1 -p ${PG_PORTS[2]} -U postgres demo    # ${NAMES[2]}
-  $BIN/bdrctl --node ${ADMIN[1]} status
+  BDRCTL_TOKEN_FILE=$TOKEN_FILE $BIN/bdrctl --node ${ADMIN[1]} status
   SELECT * FROM bdr.node_status;  SELECT * FROM bdr.conflict_history LIMIT 5;
 Logs: $DIR/*.log
 Stop: make demo-stop

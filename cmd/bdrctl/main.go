@@ -1,5 +1,6 @@
 // Command bdrctl is the operator's command line for a bdr group. It talks
-// HTTP/JSON to the admin API of one bdrd (--node, or $BDRCTL_NODE).
+// HTTP/JSON to the admin API of one bdrd (--node, or $BDRCTL_NODE), with
+// the admin token (--token-file, $BDRCTL_TOKEN or $BDRCTL_TOKEN_FILE).
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,7 +25,7 @@ import (
 	"github.com/bdr-dev/bdr/internal/checksum"
 )
 
-const usage = `usage: bdrctl [--node ADDR] COMMAND [ARGS]
+const usage = `usage: bdrctl [--node ADDR] [--token-file FILE] COMMAND [ARGS]
 
 Commands:
   init                     make this node the first member of a new group
@@ -35,7 +37,10 @@ Commands:
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
 
---node defaults to $BDRCTL_NODE, then 127.0.0.1:7801.
+--node defaults to $BDRCTL_NODE, then 127.0.0.1:7801; ADDR is host:port or
+unix:/path/to.sock. The admin token bdrd requires comes from --token-file FILE,
+else $BDRCTL_TOKEN, else the file named by $BDRCTL_TOKEN_FILE. --node and
+--token-file may also follow the command.
 `
 
 func main() {
@@ -66,6 +71,71 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// tokenError is a bdrd refusing bdrctl's token, or its lack of one.
+type tokenError struct{ node string }
+
+func (e tokenError) Error() string {
+	return e.node + ": missing or wrong admin token (set BDRCTL_TOKEN or --token-file)"
+}
+
+// refused turns a 401 answer of the bdrd at node into a tokenError.
+func refused(node string, err error) error {
+	if unauthorized(err) {
+		return tokenError{node}
+	}
+	return err
+}
+
+func unauthorized(err error) bool {
+	var e *adminapi.Error
+	return errors.As(err, &e) && e.Status == http.StatusUnauthorized
+}
+
+// maxToken bounds a token file.
+const maxToken = 4 << 10
+
+// adminToken is the token bdrctl presents, "" for none: the token file
+// given on the command line (explicit), else $BDRCTL_TOKEN, else the file
+// in $BDRCTL_TOKEN_FILE (the flag's default). Whitespace around it is dropped.
+func adminToken(file string, explicit bool) (string, error) {
+	if !explicit {
+		if tok := strings.TrimSpace(os.Getenv("BDRCTL_TOKEN")); tok != "" {
+			return tok, nil
+		}
+	}
+	if file == "" {
+		return "", nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("--token-file %s: %w", file, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxToken+1))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("--token-file %s: cannot read it", file)
+	case len(b) > maxToken:
+		return "", fmt.Errorf("--token-file %s: larger than 4 KiB; it should hold only the token", file)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", file)
+	}
+	return tok, nil
+}
+
+// clients makes admin API clients that present the token.
+type clients struct{ token string }
+
+func (c clients) to(addr string, timeout time.Duration) *adminapi.Client {
+	return adminapi.NewClient(addr, timeout).WithToken(c.token)
+}
+
 func defaultNode() string {
 	if v := os.Getenv("BDRCTL_NODE"); v != "" {
 		return v
@@ -77,6 +147,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	global := flag.NewFlagSet("bdrctl", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	node := global.String("node", defaultNode(), "admin address of the bdrd to talk to")
+	tokenFile := global.String("token-file", os.Getenv("BDRCTL_TOKEN_FILE"), "file holding the admin token")
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
@@ -91,14 +162,28 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("bdrctl "+cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(node, "node", *node, "admin address of the bdrd to talk to")
+	fs.StringVar(tokenFile, "token-file", *tokenFile, "file holding the admin token")
+	// connect reads the token once the command's flags are parsed.
+	connect := func() (clients, error) {
+		explicit := false
+		visit := func(f *flag.Flag) { explicit = explicit || f.Name == "token-file" }
+		global.Visit(visit)
+		fs.Visit(visit)
+		tok, err := adminToken(*tokenFile, explicit)
+		return clients{token: tok}, err
+	}
 	switch cmd {
 	case "init":
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
-		info, err := adminapi.NewClient(*node, time.Minute).Init(ctx)
+		cl, err := connect()
 		if err != nil {
 			return err
+		}
+		info, err := cl.to(*node, time.Minute).Init(ctx)
+		if err != nil {
+			return refused(*node, err)
 		}
 		fmt.Fprintf(stdout, "node %s (id %d) is the first member of a new group\n", info.Name, info.ID)
 		return nil
@@ -111,14 +196,22 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if *via == "" {
 			return usageError{"join needs --via ADDR"}
 		}
-		return join(ctx, *node, *via, *noWait, stdout)
+		cl, err := connect()
+		if err != nil {
+			return err
+		}
+		return refused(*node, join(ctx, cl.to(*node, time.Minute), *via, *noWait, stdout))
 	case "part":
 		if err := parse(fs, rest, 1); err != nil {
 			return err
 		}
-		res, err := adminapi.NewClient(*node, 5*time.Minute).Part(ctx, fs.Arg(0))
+		cl, err := connect()
 		if err != nil {
 			return err
+		}
+		res, err := cl.to(*node, 5*time.Minute).Part(ctx, fs.Arg(0))
+		if err != nil {
+			return refused(*node, err)
 		}
 		fmt.Fprintf(stdout, "node %s parted; cleaned up on: %s\n", res.Name, strings.Join(res.Done, ", "))
 		if len(res.Unreachable) > 0 {
@@ -130,9 +223,13 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
-		st, err := adminapi.NewClient(*node, 30*time.Second).Status(ctx, true)
+		cl, err := connect()
 		if err != nil {
 			return err
+		}
+		st, err := cl.to(*node, 30*time.Second).Status(ctx, true)
+		if err != nil {
+			return refused(*node, err)
 		}
 		if *asJSON {
 			return printJSON(stdout, st)
@@ -144,7 +241,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
-		return checksums(ctx, *node, *asJSON, stdout)
+		cl, err := connect()
+		if err != nil {
+			return err
+		}
+		return checksums(ctx, cl, *node, *asJSON, stdout)
 	case "bench":
 		return benchCommand(ctx, rest, stdout, stderr)
 	}
@@ -170,9 +271,9 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// join starts the join and, unless noWait, follows it to the end.
-func join(ctx context.Context, node, via string, noWait bool, w io.Writer) error {
-	c := adminapi.NewClient(node, time.Minute)
+// join starts the join through c's node and, unless noWait, follows it to
+// the end.
+func join(ctx context.Context, c *adminapi.Client, via string, noWait bool, w io.Writer) error {
 	show := func(jp adminapi.JoinProgress) { fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message) }
 	if noWait {
 		jp, err := c.Join(ctx, via)
@@ -195,19 +296,29 @@ func printStatus(w io.Writer, st adminapi.Status) {
 	}
 	fmt.Fprintf(w, "node %s (%s), bdrd %s\n", st.Node.Name, id, st.Node.Version)
 	fmt.Fprintf(w, "conflicts recorded on this node: %d\n", st.Conflicts)
+	if st.Node.ID > 0 {
+		leader := st.Leader
+		if leader == "" {
+			leader = "NONE (no quorum seen from this node: joins and parts are impossible here)"
+		}
+		fmt.Fprintf(w, "consensus leader: %s\n", leader)
+	}
 	if st.Join != nil && (!st.Join.Done || st.Join.Error != "") {
 		fmt.Fprintf(w, "join: %s: %s%s\n", st.Join.Phase, st.Join.Message, suffix(" error: ", st.Join.Error))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tREACHABLE\tADMIN\tSINCE")
+	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tLIVE\tLIVE SINCE\tADMIN\tREASON")
 	for _, n := range st.Nodes {
-		reach := "-"
-		if n.Reachable != nil {
-			reach = map[bool]string{true: "yes", false: "NO"}[*n.Reachable]
-		} else if n.Name == st.Node.Name {
-			reach = "yes"
+		live, since := n.Live, "-"
+		if live == "" {
+			live = "-"
+		} else {
+			since = n.LiveSince.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, reach, n.AdminAddr, n.Since.Local().Format(time.DateTime))
+		if n.Live == "down" || n.Live == "db-down" || n.Live == "suspect" {
+			live = strings.ToUpper(live)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, live, since, n.AdminAddr, oneLine(n.Reason))
 	}
 	fmt.Fprintln(tw, "\nFROM\tTO\tSTATE\tLAG BYTES\tLAG SECONDS\tLAST APPLIED\tLAST ERROR")
 	for _, s := range st.Streams {
@@ -220,6 +331,12 @@ func printStatus(w io.Writer, st adminapi.Status) {
 			state += " (paused)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%s\t%s\n", s.From, s.To, state, s.LagBytes, s.LagSeconds, last, oneLine(s.LastError))
+	}
+	if len(st.WAL) > 0 {
+		fmt.Fprintln(tw, "\nWAL KEPT FOR\tBYTES\tBUDGET\tUSED\tSTATE")
+		for _, b := range st.WAL {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f%%\t%s\n", b.Peer, b.RetainedBytes, b.BudgetBytes, 100*b.UsedRatio, b.State)
+		}
 	}
 	_ = tw.Flush()
 	if len(st.Unreachable) > 0 {
@@ -243,18 +360,21 @@ func oneLine(s string) string {
 }
 
 // checksums prints each member's per-table checksums and whether they agree.
-// It exits with an error when they differ.
-func checksums(ctx context.Context, node string, asJSON bool, w io.Writer) error {
-	st, err := adminapi.NewClient(node, 30*time.Second).Status(ctx, true)
+// It exits with an error when they differ. Every member gets the same token.
+func checksums(ctx context.Context, cl clients, node string, asJSON bool, w io.Writer) error {
+	st, err := cl.to(node, 30*time.Second).Status(ctx, true)
 	if err != nil {
-		return err
+		return refused(node, err)
 	}
 	var all []adminapi.Checksums
 	for _, n := range st.Nodes {
 		if n.State != "active" {
 			continue
 		}
-		cs, err := adminapi.NewClient(n.AdminAddr, 10*time.Minute).Checksums(ctx)
+		cs, err := cl.to(n.AdminAddr, 10*time.Minute).Checksums(ctx)
+		if unauthorized(err) {
+			return tokenError{n.AdminAddr}
+		}
 		if err != nil {
 			return fmt.Errorf("checksums of %s: %w", n.Name, err)
 		}

@@ -40,7 +40,7 @@ func mustFail(t *testing.T, want string, args ...string) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"frobnicate"}, {"part"}, {"join"}, {"status", "extra"}, {"--bogus", "status"}} {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"part"}, {"join"}, {"status", "extra"}, {"--bogus", "status"}, {"status", "--token-file"}} {
 		if code, _, stderr := bdrctl(t, args...); code != 2 || !strings.Contains(stderr, "usage: bdrctl") {
 			t.Errorf("bdrctl %v: exit %d, stderr %q; want usage and exit 2", args, code, stderr)
 		}
@@ -73,14 +73,14 @@ func TestBadAdminInput(t *testing.T) {
 	dup := grouptest.NewNode(t, srv[2], a.Name, grouptest.Options{}) // same name as a member
 
 	mustFail(t, "is unreachable", "--node", "127.0.0.1:1", "status")
-	mustFail(t, "cannot reach the via node", "--node", loner.Admin, "join", "--via", "127.0.0.1:1")
-	mustFail(t, "already used by node", "--node", dup.Admin, "join", "--via", a.Admin)
-	mustFail(t, "already used by node", "--node", dup.Admin, "join", "--via", b.Admin)
-	mustFail(t, `no node named "ghost"`, "--node", a.Admin, "part", "ghost")
-	mustFail(t, "cannot part itself", "--node", a.Admin, "part", a.Name)
-	mustFail(t, "already a member", "--node", a.Admin, "init")
-	mustFail(t, "already a member", "--node", b.Admin, "join", "--via", a.Admin)
-	mustFail(t, "not an active member", "--node", loner.Admin, "join", "--via", dup.Admin)
+	mustFail(t, "cannot reach the via node", "--node", loner.Admin, "--token-file", loner.TokenFile, "join", "--via", "127.0.0.1:1")
+	mustFail(t, "already used by node", "--node", dup.Admin, "--token-file", dup.TokenFile, "join", "--via", a.Admin)
+	mustFail(t, "already used by node", "--node", dup.Admin, "--token-file", dup.TokenFile, "join", "--via", b.Admin)
+	mustFail(t, `no node named "ghost"`, "--node", a.Admin, "--token-file", a.TokenFile, "part", "ghost")
+	mustFail(t, "cannot part itself", "--node", a.Admin, "--token-file", a.TokenFile, "part", a.Name)
+	mustFail(t, "already a member", "--node", a.Admin, "--token-file", a.TokenFile, "init")
+	mustFail(t, "already a member", "--node", b.Admin, "--token-file", b.TokenFile, "join", "--via", a.Admin)
+	mustFail(t, "not an active member", "--node", loner.Admin, "--token-file", loner.TokenFile, "join", "--via", dup.Admin)
 
 	// Nothing half-created: the refused nodes hold no catalog rows, slots
 	// or origins, and the members know only each other.
@@ -120,7 +120,7 @@ func TestStatusAndPart(t *testing.T) {
 
 	var st adminapi.Status
 	pgtest.WaitFor(t, time.Minute, "six streaming streams", func() (bool, error) {
-		code, out, stderr := bdrctl(t, "--node", b.Admin, "status", "--json")
+		code, out, stderr := bdrctl(t, "--node", b.Admin, "--token-file", b.TokenFile, "status", "--json")
 		if code != 0 {
 			t.Fatalf("status: %s", stderr)
 		}
@@ -135,12 +135,17 @@ func TestStatusAndPart(t *testing.T) {
 		}
 		return len(st.Nodes) == 3 && streaming == 6, nil
 	})
-	code, out, _ := bdrctl(t, "--node", a.Admin, "status")
+	code, out, _ := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "status")
 	if code != 0 || !strings.Contains(out, "FROM") || !strings.Contains(out, c.Name) {
 		t.Errorf("status output:\n%s", out)
 	}
+	// checksum asks every member, with the same token.
+	if code, out, stderr := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "checksum"); code != 0 ||
+		!strings.Contains(out, "all 3 members are identical") {
+		t.Errorf("checksum: exit %d\n%s%s", code, out, stderr)
+	}
 
-	code, out, stderr := bdrctl(t, "--node", a.Admin, "part", c.Name)
+	code, out, stderr := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "part", c.Name)
 	if code != 0 {
 		t.Fatalf("part: %s", stderr)
 	}
@@ -165,7 +170,7 @@ func TestStatusAndPart(t *testing.T) {
 	if got := c.QueryInt(`SELECT count(*) FROM bdr.nodes WHERE state <> 'parted'`); got != 0 {
 		t.Errorf("the parted node still lists %d current members", got)
 	}
-	mustFail(t, `no node named "`+c.Name+`"`, "--node", b.Admin, "part", c.Name)
+	mustFail(t, `no node named "`+c.Name+`"`, "--node", b.Admin, "--token-file", b.TokenFile, "part", c.Name)
 
 	// The rest of the group goes on; the parted node no longer gets changes.
 	b.Exec(`INSERT INTO t VALUES (2, 'after')`)

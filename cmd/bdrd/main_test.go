@@ -58,8 +58,10 @@ func TestBadInput(t *testing.T) {
 		{"bad log level", []string{"--node-name", "a", "--dsn", dsn, "--data-dir", dataDir, "--log-level", "loud"}, "--log-level"},
 		{"bad dsn", []string{"--node-name", "a", "--dsn", "port=notanumber", "--data-dir", dataDir}, "--dsn is invalid"},
 		{"no data dir", []string{"--node-name", "a", "--dsn", dsn}, "--data-dir is required"},
+		{"admin API without a token", []string{"--node-name", "a", "--dsn", dsn, "--data-dir", dataDir, "--admin-listen", "0.0.0.0:7801"},
+			"the admin API at 0.0.0.0:7801 needs --admin-token-file"},
 		{"unreachable dsn", []string{"--node-name", "a", "--dsn", "host=127.0.0.1 port=1 user=postgres password=s3cret dbname=x",
-			"--data-dir", dataDir}, "cannot connect to the local database"},
+			"--data-dir", dataDir, "--admin-insecure-loopback"}, "cannot connect to the local database"},
 		{"unknown flag", []string{"--frobnicate"}, "flag provided but not defined"},
 	}
 	for _, tt := range tests {
@@ -98,7 +100,7 @@ func TestWrongServerSettings(t *testing.T) {
 	}})
 	_, dsn := pgtest.NewDB(t, s)
 	dataDir := filepath.Join(t.TempDir(), "data")
-	code, out := runBdrd(t, "--node-name", "a", "--dsn", dsn, "--data-dir", dataDir)
+	code, out := runBdrd(t, "--node-name", "a", "--dsn", dsn, "--data-dir", dataDir, "--admin-insecure-loopback")
 	if code == 0 {
 		t.Fatal("bdrd accepted a server without wal_level = logical")
 	}

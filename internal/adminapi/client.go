@@ -18,19 +18,62 @@ func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
 
 // Client talks to one bdrd's admin API.
 type Client struct {
-	addr string
-	base string
-	http *http.Client
+	addr  string
+	base  string
+	http  *http.Client
+	token string
 }
 
-// NewClient returns a client for the bdrd at addr (host:port or a URL).
-// timeout bounds each call; 0 means no bound (for long waits).
+// NewClient returns a client for the bdrd at addr: host:port, a URL, or
+// "unix:/path/to.sock". timeout bounds each call; 0 means no bound (for long
+// waits). It sends no token: see WithToken.
 func NewClient(addr string, timeout time.Duration) *Client {
+	if path, ok := unixPath(addr); ok {
+		// One connection per call: a Unix socket costs little to connect to,
+		// and a client made per call leaves no idle connections behind.
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", path)
+			},
+			DisableKeepAlives: true,
+		}
+		return &Client{addr: addr, base: "http://unix", http: &http.Client{Timeout: timeout, Transport: tr}}
+	}
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
 	return &Client{addr: addr, base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: timeout}}
+}
+
+// WithToken returns a copy of c that presents token ("Authorization:
+// Bearer token") on every call; "" presents none.
+func (c *Client) WithToken(token string) *Client {
+	cp := *c
+	cp.token = token
+	return &cp
+}
+
+// WithDialer returns a copy of c that connects with dial (TCP addresses
+// only; tests use it to inject network faults).
+func (c *Client) WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
+	if _, ok := unixPath(c.addr); ok {
+		return c
+	}
+	cp := *c
+	cp.http = &http.Client{Timeout: c.http.Timeout, Transport: &http.Transport{DialContext: dial}}
+	return &cp
+}
+
+// WithTimeout returns a copy of c whose calls are bounded by timeout (0:
+// no bound, for long waits).
+func (c *Client) WithTimeout(timeout time.Duration) *Client {
+	cp := *c
+	h := *c.http
+	h.Timeout = timeout
+	cp.http = &h
+	return &cp
 }
 
 // Addr is the address the client talks to.
@@ -59,6 +102,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -155,9 +201,10 @@ func (c *Client) Admit(ctx context.Context, r AdmitRequest) (AdmitResponse, erro
 	return out, c.do(ctx, http.MethodPost, "/v1/internal/admit", r, &out)
 }
 
-// UpsertNode tells a member about a node.
-func (c *Client) UpsertNode(ctx context.Context, n Node) error {
-	return c.do(ctx, http.MethodPost, "/v1/internal/nodes", n, nil)
+// Propose asks the group's leader to commit a decision.
+func (c *Client) Propose(ctx context.Context, r ProposeRequest) (Node, error) {
+	var out Node
+	return out, c.do(ctx, http.MethodPost, "/v1/internal/propose", r, &out)
 }
 
 // Pause holds the member's appliers for at most lease.
@@ -173,11 +220,6 @@ func (c *Client) Resume(ctx context.Context) error {
 // WaitProcessed waits until the member's stream from peer is past lsn.
 func (c *Client) WaitProcessed(ctx context.Context, peer, lsn string) error {
 	return c.do(ctx, http.MethodPost, "/v1/internal/wait", WaitRequest{Peer: peer, LSN: lsn}, nil)
-}
-
-// DropNode makes the member forget node name: streams, slot and origin.
-func (c *Client) DropNode(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodPost, "/v1/internal/drop-node", NameRequest{Name: name}, nil)
 }
 
 // Leave makes the node stop replicating and drop its own slots and origins.

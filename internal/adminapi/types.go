@@ -33,24 +33,33 @@ func Unavailable(format string, args ...any) error {
 
 // Node describes a member of the group.
 type Node struct {
-	ID        int32     `json:"id"`
-	Name      string    `json:"name"`
-	State     string    `json:"state"`
-	PublicDSN string    `json:"public_dsn"`
-	AdminAddr string    `json:"admin_addr"`
-	Since     time.Time `json:"since,omitempty"`
+	ID         int32     `json:"id"`
+	Name       string    `json:"name"`
+	State      string    `json:"state"`
+	PublicDSN  string    `json:"public_dsn"`
+	AdminAddr  string    `json:"admin_addr"`
+	GossipAddr string    `json:"gossip_addr,omitempty"`
+	RaftAddr   string    `json:"raft_addr,omitempty"`
+	Since      time.Time `json:"since,omitempty"`
+	Reason     string    `json:"reason,omitempty"` // why it was parted
+	// Live is set in status answers: up, suspect, down or db-down, as gossip
+	// sees it from the answering node, since LiveSince.
+	Live      string    `json:"live,omitempty"`
+	LiveSince time.Time `json:"live_since,omitempty"`
 	// Reachable is set in status answers: whether this node's bdrd answered.
 	Reachable *bool `json:"reachable,omitempty"`
 }
 
 // Info is what a bdrd says about itself.
 type Info struct {
-	Name      string `json:"name"`
-	ID        int32  `json:"id"` // 0 before init or join
-	State     string `json:"state"`
-	PublicDSN string `json:"public_dsn"`
-	AdminAddr string `json:"admin_addr"`
-	Version   string `json:"version"`
+	Name       string `json:"name"`
+	ID         int32  `json:"id"` // 0 before init or join
+	State      string `json:"state"`
+	PublicDSN  string `json:"public_dsn"`
+	AdminAddr  string `json:"admin_addr"`
+	GossipAddr string `json:"gossip_addr"`
+	RaftAddr   string `json:"raft_addr"`
+	Version    string `json:"version"`
 }
 
 // Stream describes one replication stream, From -> To.
@@ -75,6 +84,28 @@ type Status struct {
 	Conflicts int64         `json:"conflicts"`
 	// Unreachable lists members whose streams could not be read.
 	Unreachable []string `json:"unreachable,omitempty"`
+	// Leader is the node leading the group's consensus, "" when none is
+	// known (no quorum here).
+	Leader string `json:"leader"`
+	// WAL is what the slots of peers keep on this node, against the budget.
+	WAL []WALBudget `json:"wal,omitempty"`
+}
+
+// WALBudget is the WAL one peer's slot keeps on a node.
+type WALBudget struct {
+	Peer          string  `json:"peer"`
+	RetainedBytes int64   `json:"retained_bytes"`
+	BudgetBytes   int64   `json:"budget_bytes"`
+	UsedRatio     float64 `json:"used_ratio"`
+	State         string  `json:"state"` // ok, warning (80%, peer down), over (100%, peer down)
+}
+
+// ProposeRequest asks the group's leader to commit a decision (internal):
+// Op is admit, activate or part.
+type ProposeRequest struct {
+	Op     string `json:"op"`
+	Node   Node   `json:"node"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // JoinRequest asks a node to join the group through Via (a member's admin address).
@@ -119,15 +150,19 @@ type PartResult struct {
 
 // AdmitRequest is a joiner's request to a member (internal).
 type AdmitRequest struct {
-	Name      string `json:"name"`
-	PublicDSN string `json:"public_dsn"`
-	AdminAddr string `json:"admin_addr"`
+	Name       string `json:"name"`
+	PublicDSN  string `json:"public_dsn"`
+	AdminAddr  string `json:"admin_addr"`
+	GossipAddr string `json:"gossip_addr"`
+	RaftAddr   string `json:"raft_addr"`
 }
 
-// AdmitResponse gives the joiner its id and the members (internal).
+// AdmitResponse gives the joiner its id, the members and the group key
+// (internal; the key is secret).
 type AdmitResponse struct {
-	NodeID  int32  `json:"node_id"`
-	Members []Node `json:"members"`
+	NodeID   int32  `json:"node_id"`
+	Members  []Node `json:"members"`
+	GroupKey string `json:"group_key"`
 }
 
 // PauseRequest pauses a node's appliers for at most LeaseMillis (internal).
@@ -140,11 +175,6 @@ type PauseRequest struct {
 type WaitRequest struct {
 	Peer string `json:"peer"`
 	LSN  string `json:"lsn"`
-}
-
-// NameRequest names a node (internal).
-type NameRequest struct {
-	Name string `json:"name"`
 }
 
 // Checksums is the answer to GET /v1/checksums.

@@ -131,6 +131,56 @@ LANGUAGE sql STABLE AS $$
 	 WHERE o.roident = $1
 $$;
 `,
+	// 2: consensus and gossip addresses of the nodes, liveness of members.
+	`
+ALTER TABLE bdr.nodes
+	ADD COLUMN gossip_addr text NOT NULL DEFAULT '',
+	ADD COLUMN raft_addr   text NOT NULL DEFAULT '',
+	ADD COLUMN reason      text;
+
+-- Written by bdrd from gossip: up, suspect, down or db-down, and since when.
+CREATE UNLOGGED TABLE bdr.member_status (
+	node_name  text PRIMARY KEY,
+	state      text NOT NULL,
+	since      timestamptz NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE OR REPLACE VIEW bdr.node_status AS
+SELECT n.node_name AS peer,
+       'incoming'::text AS direction,
+       coalesce(s.state, 'unknown') AS state,
+       s.lag_bytes,
+       s.lag_seconds,
+       s.last_applied_commit_time AS last_applied_remote_commit_time,
+       o.remote_lsn AS position,
+       s.last_error,
+       m.state AS peer_state,
+       m.since AS peer_state_since
+  FROM bdr.nodes n
+  LEFT JOIN bdr.stream_status s ON s.peer_name = n.node_name
+  LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = 'bdr_' || n.node_name
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active')
+UNION ALL
+SELECT n.node_name,
+       'outgoing',
+       CASE WHEN sl.slot_name IS NULL THEN 'missing'
+            WHEN sl.active THEN 'streaming'
+            ELSE 'inactive' END,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sl.confirmed_flush_lsn)::bigint,
+       NULL,
+       NULL,
+       sl.confirmed_flush_lsn,
+       NULL,
+       m.state,
+       m.since
+  FROM bdr.nodes n
+  LEFT JOIN pg_catalog.pg_replication_slots sl
+         ON sl.slot_name = 'bdr_' || n.node_name AND sl.database = pg_catalog.current_database()
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+`,
 }
 
 // Version is the schema version this build installs.

@@ -25,6 +25,9 @@ type Node struct {
 	IsLocal        bool      `json:"is_local"`
 	PublicDSN      string    `json:"public_dsn"`
 	AdminAddr      string    `json:"admin_addr"`
+	GossipAddr     string    `json:"gossip_addr"`
+	RaftAddr       string    `json:"raft_addr"`
+	Reason         string    `json:"reason,omitempty"` // why it was parted
 	CreatedAt      time.Time `json:"created_at"`
 	StateChangedAt time.Time `json:"state_changed_at"`
 }
@@ -40,11 +43,13 @@ func OriginName(name string) string { return "bdr_" + name }
 // SlotName is the logical slot on a provider that subscriber streams from.
 func SlotName(subscriber string) string { return "bdr_" + subscriber }
 
-const nodeColumns = `node_id, node_name, state, is_local, public_dsn, admin_addr, created_at, state_changed_at`
+const nodeColumns = `node_id, node_name, state, is_local, public_dsn, admin_addr, gossip_addr, raft_addr,
+	coalesce(reason, ''), created_at, state_changed_at`
 
 func scanNode(row pgx.Row) (Node, error) {
 	var n Node
-	err := row.Scan(&n.ID, &n.Name, &n.State, &n.IsLocal, &n.PublicDSN, &n.AdminAddr, &n.CreatedAt, &n.StateChangedAt)
+	err := row.Scan(&n.ID, &n.Name, &n.State, &n.IsLocal, &n.PublicDSN, &n.AdminAddr, &n.GossipAddr, &n.RaftAddr,
+		&n.Reason, &n.CreatedAt, &n.StateChangedAt)
 	return n, err
 }
 
@@ -76,13 +81,23 @@ func LocalNode(ctx context.Context, db DB) (Node, bool, error) {
 
 // UpsertNode records n, keyed by node id.
 func UpsertNode(ctx context.Context, db DB, n Node) error {
-	_, err := db.Exec(ctx, `INSERT INTO bdr.nodes (node_id, node_name, state, is_local, public_dsn, admin_addr)
-		VALUES ($1, $2, $3, $4, $5, $6)
+	var reason *string
+	if n.Reason != "" {
+		reason = &n.Reason
+	}
+	_, err := db.Exec(ctx, `INSERT INTO bdr.nodes (node_id, node_name, state, is_local, public_dsn, admin_addr,
+			gossip_addr, raft_addr, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (node_id) DO UPDATE SET node_name = excluded.node_name,
 			state = excluded.state, is_local = excluded.is_local, public_dsn = excluded.public_dsn,
-			admin_addr = excluded.admin_addr,
-			state_changed_at = CASE WHEN bdr.nodes.state = excluded.state THEN bdr.nodes.state_changed_at ELSE now() END`,
-		n.ID, n.Name, n.State, n.IsLocal, n.PublicDSN, n.AdminAddr)
+			admin_addr = excluded.admin_addr, gossip_addr = excluded.gossip_addr, raft_addr = excluded.raft_addr,
+			reason = excluded.reason,
+			state_changed_at = CASE WHEN bdr.nodes.state = excluded.state THEN bdr.nodes.state_changed_at ELSE now() END
+		WHERE (bdr.nodes.node_name, bdr.nodes.state, bdr.nodes.is_local, bdr.nodes.public_dsn, bdr.nodes.admin_addr,
+			bdr.nodes.gossip_addr, bdr.nodes.raft_addr, bdr.nodes.reason)
+			IS DISTINCT FROM (excluded.node_name, excluded.state, excluded.is_local, excluded.public_dsn,
+			excluded.admin_addr, excluded.gossip_addr, excluded.raft_addr, excluded.reason)`,
+		n.ID, n.Name, n.State, n.IsLocal, n.PublicDSN, n.AdminAddr, n.GossipAddr, n.RaftAddr, reason)
 	if err != nil {
 		return fmt.Errorf("record node %s: %w", n.Name, err)
 	}

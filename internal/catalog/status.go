@@ -47,3 +47,28 @@ func WriteStreamStatus(ctx context.Context, db DB, statuses []StreamStatus) erro
 	}
 	return nil
 }
+
+// MemberStatus is the liveness of a member as gossip sees it.
+type MemberStatus struct {
+	Name  string
+	State string
+	Since time.Time
+}
+
+// WriteMemberStatus replaces the member status rows with members.
+func WriteMemberStatus(ctx context.Context, db DB, members []MemberStatus) error {
+	names := make([]string, 0, len(members))
+	for _, m := range members {
+		names = append(names, m.Name)
+		if _, err := db.Exec(ctx, `INSERT INTO bdr.member_status (node_name, state, since, updated_at)
+			VALUES ($1, $2, $3, now())
+			ON CONFLICT (node_name) DO UPDATE SET state = excluded.state, since = excluded.since, updated_at = now()`,
+			m.Name, m.State, m.Since); err != nil {
+			return fmt.Errorf("write member status of %s: %w", m.Name, err)
+		}
+	}
+	if _, err := db.Exec(ctx, `DELETE FROM bdr.member_status WHERE NOT (node_name = ANY ($1))`, names); err != nil {
+		return fmt.Errorf("write member status: %w", err)
+	}
+	return nil
+}

@@ -10,12 +10,17 @@ package grouptest
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,8 +43,14 @@ type Node struct {
 	DSN     string
 	DataDir string
 	Admin   string // admin API address
+	Gossip  string // gossip address
+	Raft    string // consensus address
 	LogPath string
 	Options Options
+	// Token is the operator's admin token; TokenFile holds it, for
+	// bdrd's --admin-token-file and bdrctl's --token-file.
+	Token     string
+	TokenFile string
 
 	mu   sync.Mutex
 	d    *daemon.Daemon
@@ -56,7 +67,23 @@ type Options struct {
 	BinaryValues bool
 	// ErrorRetry is how long a stream in the error state waits; 0 is bdrd's default.
 	ErrorRetry time.Duration
+	// Token is the operator's admin token. Empty uses SharedToken: nodes
+	// that join each other need the same one (a join passes the operator's
+	// token on to the member it goes through).
+	Token string
+	// MaxPeerWAL and OnWALBudget set the WAL budget (0 and "": bdrd's defaults).
+	MaxPeerWAL  int64
+	OnWALBudget string
+	// Net, when set, carries the node's gossip, consensus and member-to-
+	// member traffic, so a test can partition it (in-process bdrd only).
+	Net *Network
 }
+
+// SharedToken is a random admin token that every node of this test binary
+// uses unless Options.Token says otherwise.
+func SharedToken() string { return sharedToken() }
+
+var sharedToken = sync.OnceValue(rand.Text)
 
 // NewNode creates a database on s and starts a bdrd named name for it.
 func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node {
@@ -64,7 +91,18 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	db, dsn := pgtest.NewDB(t, s)
 	dir := t.TempDir()
 	n := &Node{t: t, Name: name, Server: s, DB: db, DSN: dsn, DataDir: filepath.Join(dir, "data"),
-		LogPath: filepath.Join(dir, "bdrd.log"), Options: opts, Admin: freeAddr(t)}
+		LogPath: filepath.Join(dir, "bdrd.log"), Options: opts, Admin: freeAddr(t),
+		Gossip: freeAddr(t), Raft: freeAddr(t),
+		Token: opts.Token, TokenFile: filepath.Join(dir, "admin.token")}
+	if n.Token == "" {
+		n.Token = SharedToken()
+	}
+	if opts.Net != nil {
+		opts.Net.register(name, n.Admin, n.Gossip, n.Raft)
+	}
+	if err := os.WriteFile(n.TokenFile, []byte(n.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -81,13 +119,27 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	return n
 }
 
+// freeAddr returns a loopback address whose port is free for TCP and UDP.
+// Ports come from below the kernel's ephemeral range (32768 and up), so
+// outgoing connections cannot take them between now and the bind.
 func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 20000 + mrand.IntN(12000)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port")
+	return ""
 }
 
 func tailFile(path string, n int) string {
@@ -103,18 +155,32 @@ func tailFile(path string, n int) string {
 
 // Config is the bdrd configuration of the node.
 func (n *Node) Config() daemon.Config {
-	return daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
-		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry}
+	cfg := daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
+		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, AdminTokenFile: n.TokenFile,
+		GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
+		OnWALBudget: n.Options.OnWALBudget}
+	if n.Options.Net != nil {
+		cfg.GossipTransport, cfg.Dial = n.Options.Net.Transport(n.Name), n.Options.Net.Dialer(n.Name)
+	}
+	return cfg
 }
 
 // Args are the bdrd command line flags of the node.
 func (n *Node) Args() []string {
-	args := []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--data-dir", n.DataDir, "--log-level", "info"}
+	args := []string{"--node-name", n.Name, "--dsn", n.DSN, "--admin-listen", n.Admin, "--admin-token-file", n.TokenFile,
+		"--data-dir", n.DataDir, "--log-level", "info"}
 	if n.Options.BinaryValues {
 		args = append(args, "--binary")
 	}
 	if n.Options.ErrorRetry != 0 {
 		args = append(args, "--error-retry", n.Options.ErrorRetry.String())
+	}
+	args = append(args, "--gossip-listen", n.Gossip, "--raft-listen", n.Raft)
+	if n.Options.MaxPeerWAL != 0 {
+		args = append(args, "--max-peer-wal", fmt.Sprint(n.Options.MaxPeerWAL))
+	}
+	if n.Options.OnWALBudget != "" {
+		args = append(args, "--on-wal-budget", n.Options.OnWALBudget)
 	}
 	return args
 }
@@ -203,8 +269,10 @@ func (n *Node) PID() int {
 	return n.proc.Process.Pid
 }
 
-// Client talks to the node's bdrd.
-func (n *Node) Client() *adminapi.Client { return adminapi.NewClient(n.Admin, time.Minute) }
+// Client talks to the node's bdrd with the node's admin token.
+func (n *Node) Client() *adminapi.Client {
+	return adminapi.NewClient(n.Admin, time.Minute).WithToken(n.Token)
+}
 
 // Exec runs sql on the node's database.
 func (n *Node) Exec(sql string, args ...any) {
@@ -333,4 +401,24 @@ func BuildBdrd(dir string) (string, error) {
 		return "", fmt.Errorf("build bdrd: %v: %s", err, b)
 	}
 	return out, nil
+}
+
+// Metrics returns the node's /metrics page.
+func (n *Node) Metrics() string {
+	n.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+n.Admin+"/metrics", nil)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+n.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatalf("scrape %s: %v", n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		n.t.Fatalf("scrape %s: %s %v", n.Name, resp.Status, err)
+	}
+	return string(b)
 }

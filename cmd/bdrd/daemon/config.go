@@ -1,25 +1,35 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/jackc/pgx/v5/pgconn"
 	"gopkg.in/yaml.v3"
 
 	"github.com/bdr-dev/bdr/apply"
+	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/membership"
 )
 
 // Config is bdrd's configuration, from flags and an optional YAML file
 // whose keys are the flag names with underscores.
+//
+// Config holds secrets (passwords in the DSNs, the admin token): it prints
+// (fmt, slog, JSON) with them redacted.
 type Config struct {
 	NodeName       string
 	DSN            string
@@ -31,10 +41,39 @@ type Config struct {
 	LogLevel       string
 	Binary         bool
 	ErrorRetry     time.Duration
+
+	GossipListen    string // gossip (TCP and UDP)
+	GossipAdvertise string
+	GossipKeyFile   string // the group key; default DataDir/group.key
+	RaftListen      string // consensus (TCP, mutual TLS)
+	RaftAdvertise   string
+	MaxPeerWAL      ByteSize
+	OnWALBudget     string // part or alert
+
+	// Network faults, for tests running bdrd in-process: the gossip
+	// transport and the dialer of consensus and member-to-member calls.
+	GossipTransport func(bind string) (memberlist.NodeAwareTransport, error)          `json:"-"`
+	Dial            func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+	// AdminTokenFile holds the token the admin API requires (operator's).
+	AdminTokenFile string
+	// AdminInsecureLoopback lets the admin API on a loopback address run
+	// without a token.
+	AdminInsecureLoopback bool
+	// AdminToken is the token read from AdminTokenFile by Validate (or set
+	// directly); "" means the admin API requires none.
+	AdminToken string `json:"-"`
 }
 
-// DefaultAdminListen is where the admin API listens unless told otherwise.
-const DefaultAdminListen = "127.0.0.1:7801"
+// maxTokenSize bounds the admin token file.
+const maxTokenSize = 4 << 10
+
+// Default listen addresses.
+const (
+	DefaultAdminListen  = "127.0.0.1:7801"
+	DefaultGossipListen = "0.0.0.0:7946"
+	DefaultRaftListen   = "0.0.0.0:7947"
+	DefaultMaxPeerWAL   = 16 << 30
+)
 
 // ParseArgs reads the command line, and the --config file if given; flags
 // given on the command line win over the file.
@@ -54,6 +93,16 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
+	fs.StringVar(&cfg.GossipListen, "gossip-listen", DefaultGossipListen, "`address` (TCP and UDP) of the encrypted gossip between members")
+	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip `address` other members use (default: --gossip-listen, or this host's address when that is 0.0.0.0)")
+	fs.StringVar(&cfg.GossipKeyFile, "gossip-key-file", "", "`file` of the group key, made by bdrctl init and handed to joiners (default: DATA_DIR/group.key)")
+	fs.StringVar(&cfg.RaftListen, "raft-listen", DefaultRaftListen, "`address` of the group's consensus traffic (mutual TLS from the group key)")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "consensus `address` other members use (default: --raft-listen; required when that is 0.0.0.0)")
+	cfg.MaxPeerWAL = DefaultMaxPeerWAL
+	fs.Var(&cfg.MaxPeerWAL, "max-peer-wal", "WAL a slot may keep for a down peer (`size`, e.g. 16GB, 512MB) before --on-wal-budget acts; warned at 80%")
+	fs.StringVar(&cfg.OnWALBudget, "on-wal-budget", "part", "when a down peer's slot keeps more WAL than --max-peer-wal: part (remove the peer through the group, releasing the WAL) or alert (keep it, only alert)")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "`file` holding the token every admin API call must present (bdrctl: $BDRCTL_TOKEN or --token-file)")
+	fs.BoolVar(&cfg.AdminInsecureLoopback, "admin-insecure-loopback", false, "serve the admin API without a token on a loopback --admin-listen (anyone on this host can use it)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -86,13 +135,29 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		"node_name": &fromFile.NodeName, "dsn": &fromFile.DSN, "public_dsn": &fromFile.PublicDSN,
 		"admin_listen": &fromFile.AdminListen, "admin_advertise": &fromFile.AdminAdvertise,
 		"data_dir": &fromFile.DataDir, "pg_bindir": &fromFile.PGBinDir, "log_level": &fromFile.LogLevel,
+		"admin_token_file": &fromFile.AdminTokenFile,
+		"gossip_listen":    &fromFile.GossipListen, "gossip_advertise": &fromFile.GossipAdvertise,
+		"gossip_key_file": &fromFile.GossipKeyFile, "raft_listen": &fromFile.RaftListen,
+		"raft_advertise": &fromFile.RaftAdvertise, "on_wal_budget": &fromFile.OnWALBudget,
 	}
+	bools := map[string]*bool{"binary": &c.Binary, "admin_insecure_loopback": &c.AdminInsecureLoopback}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if k == "max_peer_wal" {
+			v, ok := raw[k].(string)
+			var size ByteSize
+			if !ok || size.Set(v) != nil {
+				return fmt.Errorf("config %s: max_peer_wal must be a size like 16GB", path)
+			}
+			if !set[k] {
+				c.MaxPeerWAL = size
+			}
+			continue
+		}
 		if k == "error_retry" {
 			v, ok := raw[k].(string)
 			d, err := time.ParseDuration(v)
@@ -104,19 +169,19 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 			}
 			continue
 		}
-		if k == "binary" {
+		if dst, ok := bools[k]; ok {
 			b, ok := raw[k].(bool)
 			if !ok {
-				return fmt.Errorf("config %s: binary must be true or false", path)
+				return fmt.Errorf("config %s: %s must be true or false", path, k)
 			}
 			if !set[k] {
-				c.Binary = b
+				*dst = b
 			}
 			continue
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_listen, binary, data_dir, dsn, error_retry, log_level, node_name, pg_bindir, public_dsn)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -136,6 +201,13 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		{"data_dir", &c.DataDir, &fromFile.DataDir},
 		{"pg_bindir", &c.PGBinDir, &fromFile.PGBinDir},
 		{"log_level", &c.LogLevel, &fromFile.LogLevel},
+		{"admin_token_file", &c.AdminTokenFile, &fromFile.AdminTokenFile},
+		{"gossip_listen", &c.GossipListen, &fromFile.GossipListen},
+		{"gossip_advertise", &c.GossipAdvertise, &fromFile.GossipAdvertise},
+		{"gossip_key_file", &c.GossipKeyFile, &fromFile.GossipKeyFile},
+		{"raft_listen", &c.RaftListen, &fromFile.RaftListen},
+		{"raft_advertise", &c.RaftAdvertise, &fromFile.RaftAdvertise},
+		{"on_wal_budget", &c.OnWALBudget, &fromFile.OnWALBudget},
 	}
 	for _, f := range fields {
 		if !set[f.key] && *f.from != "" {
@@ -167,12 +239,12 @@ func (c *Config) Validate() error {
 	if c.AdminListen == "" {
 		c.AdminListen = DefaultAdminListen
 	}
-	if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
-		return fmt.Errorf("--admin-listen %q is invalid: want host:port", c.AdminListen)
+	if err := checkAdminAddr(c.AdminListen); err != nil {
+		return fmt.Errorf("--admin-listen %q is invalid: %w", c.AdminListen, err)
 	}
 	if c.AdminAdvertise != "" {
-		if _, _, err := net.SplitHostPort(c.AdminAdvertise); err != nil {
-			return fmt.Errorf("--admin-advertise %q is invalid: want host:port", c.AdminAdvertise)
+		if err := checkAdminAddr(c.AdminAdvertise); err != nil {
+			return fmt.Errorf("--admin-advertise %q is invalid: %w", c.AdminAdvertise, err)
 		}
 	}
 	if c.DataDir == "" {
@@ -189,5 +261,195 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--log-level %q is invalid: want debug, info, warn or error", c.LogLevel)
 	}
+	if err := c.validateGroup(); err != nil {
+		return err
+	}
+	return c.loadToken()
+}
+
+// validateGroup checks the gossip, consensus and WAL budget settings.
+func (c *Config) validateGroup() error {
+	if c.GossipListen == "" {
+		c.GossipListen = DefaultGossipListen
+	}
+	if c.RaftListen == "" {
+		c.RaftListen = DefaultRaftListen
+	}
+	for _, a := range []struct{ flag, addr string }{
+		{"--gossip-listen", c.GossipListen}, {"--gossip-advertise", c.GossipAdvertise},
+		{"--raft-listen", c.RaftListen}, {"--raft-advertise", c.RaftAdvertise},
+	} {
+		if a.addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.addr); err != nil || port == "" {
+			return fmt.Errorf("%s %q is invalid: want host:port", a.flag, a.addr)
+		}
+	}
+	if c.RaftAdvertise == "" && unspecified(c.RaftListen) {
+		host, err := os.Hostname()
+		if err != nil {
+			return errors.New("--raft-advertise is required when --raft-listen has no host")
+		}
+		_, port, _ := net.SplitHostPort(c.RaftListen)
+		c.RaftAdvertise = net.JoinHostPort(host, port)
+	}
+	if c.GossipKeyFile == "" {
+		c.GossipKeyFile = filepath.Join(c.DataDir, "group.key")
+	}
+	if c.MaxPeerWAL == 0 {
+		c.MaxPeerWAL = DefaultMaxPeerWAL
+	}
+	if c.MaxPeerWAL < 0 {
+		return errors.New("--max-peer-wal must be positive")
+	}
+	switch c.OnWALBudget {
+	case "":
+		c.OnWALBudget = membership.OnWALBudgetPart
+	case membership.OnWALBudgetPart, membership.OnWALBudgetAlert:
+	default:
+		return fmt.Errorf("--on-wal-budget %q is invalid: want part or alert", c.OnWALBudget)
+	}
 	return nil
+}
+
+// unspecified reports whether addr listens on every interface.
+func unspecified(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "" || (ip != nil && ip.IsUnspecified())
+}
+
+// ByteSize is a flag value in bytes, written like 16GB, 512MB or 1048576.
+type ByteSize int64
+
+func (b *ByteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+// Set parses a size with an optional unit: B, kB/KB, MB, GB, TB (powers of 1024).
+func (b *ByteSize) Set(s string) error {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("size %q: want a number with an optional unit (kB, MB, GB, TB)", s)
+	}
+	shift := map[string]uint{"": 0, "B": 0, "KB": 10, "kB": 10, "K": 10, "MB": 20, "M": 20, "GB": 30, "G": 30, "TB": 40, "T": 40}
+	sh, ok := shift[unit]
+	if !ok {
+		return fmt.Errorf("size %q: unknown unit %q", s, unit)
+	}
+	if n > (1<<62)>>sh {
+		return fmt.Errorf("size %q is too large", s)
+	}
+	*b = ByteSize(n << sh)
+	return nil
+}
+
+// checkAdminAddr accepts host:port and unix:/path/to.sock.
+func checkAdminAddr(addr string) error {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" || len(path) > 107 {
+			return errors.New("want unix:/path/to.sock with a path of 1-107 bytes")
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return errors.New("want host:port or unix:/path/to.sock")
+	}
+	return nil
+}
+
+// loadToken reads the admin token file into AdminToken, and refuses an
+// admin API without a token that others than this host's users could reach.
+// No message shows the token.
+func (c *Config) loadToken() error {
+	if c.AdminTokenFile != "" {
+		tok, err := readToken(c.AdminTokenFile)
+		if err != nil {
+			return fmt.Errorf("--admin-token-file %s: %w", c.AdminTokenFile, err)
+		}
+		c.AdminToken = tok
+	}
+	if c.AdminToken != "" {
+		if !validToken(c.AdminToken) {
+			return errors.New("the admin token must be printable ASCII without spaces")
+		}
+		return nil
+	}
+	unix := strings.HasPrefix(c.AdminListen, "unix:")
+	if unix || (c.AdminInsecureLoopback && adminapi.Loopback(c.AdminListen)) {
+		return nil
+	}
+	return fmt.Errorf("the admin API at %s needs --admin-token-file (or --admin-insecure-loopback on a loopback address)", c.AdminListen)
+}
+
+// readToken reads a token file: at most maxTokenSize bytes, whitespace
+// around the token ignored.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return "", pe.Err
+		}
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenSize+1))
+	if err != nil {
+		return "", errors.New("cannot read it")
+	}
+	if len(b) > maxTokenSize {
+		return "", errors.New("larger than 4 KiB; it should hold only the token")
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", errors.New("empty: it should hold the token")
+	}
+	if !validToken(tok) {
+		return "", errors.New("the token must be printable ASCII without spaces (one line)")
+	}
+	return tok, nil
+}
+
+// validToken: a token goes into an HTTP header as is.
+func validToken(tok string) bool {
+	for i := 0; i < len(tok); i++ {
+		if tok[i] <= ' ' || tok[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// redacted is Config without its methods, for printing.
+type redacted Config
+
+// Format prints c (every verb, %v, %+v, %#v, %s...) with the admin token
+// and DSN passwords replaced.
+func (c Config) Format(f fmt.State, verb rune) {
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.redact())
+}
+
+// LogValue logs c without its secrets.
+func (c Config) LogValue() slog.Value { return slog.AnyValue(c.redact()) }
+
+// MarshalJSON writes c without the admin token and with DSN passwords
+// replaced.
+func (c Config) MarshalJSON() ([]byte, error) { return json.Marshal(c.redact()) }
+
+func (c Config) redact() redacted {
+	r := redacted(c)
+	r.DSN, r.PublicDSN = membership.RedactDSN(c.DSN), membership.RedactDSN(c.PublicDSN)
+	if r.AdminToken != "" {
+		r.AdminToken = "[redacted]"
+	}
+	return r
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -92,7 +91,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 	}()
 
-	ln, err := net.Listen("tcp", cfg.AdminListen)
+	ln, err := adminapi.Listen(cfg.AdminListen)
 	if err != nil {
 		return nil, fmt.Errorf("admin api: %w", err)
 	}
@@ -103,14 +102,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every series says which node it is from.
+	wrapped := prometheus.WrapRegistererWith(prometheus.Labels{"node": cfg.NodeName}, reg)
+	wrapped.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mgr, err := apply.New(apply.Config{
 		Local:      apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
 		DataDir:    cfg.DataDir,
 		Binary:     cfg.Binary,
 		ErrorRetry: cfg.ErrorRetry,
 		Logger:     log,
-		Registry:   reg,
+		Registry:   wrapped,
 		WriteStatus: func(ctx context.Context, s []catalog.StreamStatus) error {
 			return catalog.WriteStreamStatus(ctx, pool, s)
 		},
@@ -121,13 +122,19 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	svc, err := membership.New(membership.Config{
 		NodeName: cfg.NodeName, DSN: cfg.DSN, PublicDSN: cfg.PublicDSN, AdminAddr: advertise,
-		PGBinDir: pgBinDir(cfg.PGBinDir), Version: Version, Logger: log,
+		PGBinDir: pgBinDir(cfg.PGBinDir), Version: Version, DataDir: cfg.DataDir,
+		GossipListen: cfg.GossipListen, GossipAdvertise: cfg.GossipAdvertise,
+		RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, KeyFile: cfg.GossipKeyFile,
+		MaxPeerWAL: int64(cfg.MaxPeerWAL), OnWALBudget: cfg.OnWALBudget,
+		Logger: log, Registry: wrapped,
+		GossipTransport: cfg.GossipTransport, Dial: cfg.Dial,
 	}, pool, store, mgr)
 	if err != nil {
 		_ = ln.Close()
 		return nil, err
 	}
-	srv := adminapi.NewServer(addr, adminapi.NewHandler(svc, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), log))
+	srv := adminapi.NewServer(addr, adminapi.NewHandler(svc, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), log,
+		adminapi.Auth{Operator: cfg.AdminToken, Internal: svc.InternalToken, Open: cfg.AdminToken == ""}))
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d := &Daemon{addr: addr, cancel: cancel, done: make(chan struct{})}

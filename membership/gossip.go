@@ -1,0 +1,317 @@
+package membership
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Liveness of a member, as bdrctl status, bdr.node_status and the metrics
+// show it.
+const (
+	LiveUp      = "up"
+	LiveSuspect = "suspect" // missed probes; not yet declared down
+	LiveDown    = "down"    // its bdrd (or host) does not answer
+	LiveDBDown  = "db-down" // its bdrd answers but its PostgreSQL does not
+)
+
+// metaVersion is the version of the gossip metadata payload; decoders
+// refuse other versions.
+const metaVersion = 1
+
+// memberMeta is what each bdrd gossips about itself.
+type memberMeta struct {
+	V       int    `json:"v"`
+	Name    string `json:"n"`
+	ID      int32  `json:"id,omitempty"`
+	Admin   string `json:"a"`
+	DB      string `json:"db,omitempty"` // host:port of its public database, no credentials
+	Version string `json:"ver"`
+	State   string `json:"s,omitempty"`
+	DBUp    bool   `json:"dbup"`
+}
+
+// encodeMeta is the payload: the version byte, then JSON; it must fit limit.
+func encodeMeta(m memberMeta, limit int) ([]byte, error) {
+	m.V = metaVersion
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	b = append([]byte{metaVersion}, b...)
+	if len(b) > limit {
+		return nil, fmt.Errorf("gossip metadata is %d bytes, over the %d byte limit", len(b), limit)
+	}
+	return b, nil
+}
+
+// decodeMeta reads a payload from a peer; anything malformed is an error,
+// never a panic.
+func decodeMeta(b []byte) (memberMeta, error) {
+	var m memberMeta
+	if len(b) == 0 {
+		return m, errors.New("empty gossip metadata")
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return m, fmt.Errorf("gossip metadata of %d bytes is too large", len(b))
+	}
+	if b[0] != metaVersion {
+		return m, fmt.Errorf("gossip metadata version %d is not %d", b[0], metaVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b[1:]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return m, fmt.Errorf("gossip metadata: %w", err)
+	}
+	if m.V != metaVersion || !NamePattern.MatchString(m.Name) {
+		return m, fmt.Errorf("gossip metadata: bad version %d or name %q", m.V, m.Name)
+	}
+	return m, nil
+}
+
+// dbAddr is host:port of a connection string, without credentials.
+func dbAddr(host string, port uint16) string {
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// liveness is what gossip knows of one member.
+type liveness struct {
+	State string
+	Since time.Time
+	Meta  memberMeta
+}
+
+// gossipConfig configures the gossip of one bdrd.
+type gossipConfig struct {
+	Name      string
+	Bind      string // host:port for TCP and UDP
+	Advertise string // host:port peers use; "" = Bind
+	Key       []byte // AES-256 gossip key
+	Meta      func() memberMeta
+	Logger    *slog.Logger
+	// Transport replaces the network (tests inject faults); nil = UDP/TCP.
+	Transport memberlist.NodeAwareTransport
+}
+
+// suspectAfter is how long a member may go without answering a probe
+// before it shows as suspect (memberlist declares it dead later).
+const suspectAfter = 3 * time.Second
+
+// gossip runs memberlist for one bdrd: failure detection and metadata.
+// What memberlist reports comes through its event and ping delegates,
+// which it calls under its own locks: the node structures it hands out
+// elsewhere change under its feet.
+type gossip struct {
+	ml    *memberlist.Memberlist
+	cfg   gossipConfig
+	start time.Time
+
+	mu      sync.Mutex
+	alive   map[string]memberMeta // members memberlist has alive
+	lastAck map[string]time.Time  // last answered probe
+	known   map[string]liveness   // what states reported last, by member name
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", port, err)
+	}
+	return host, p, nil
+}
+
+// startGossip starts memberlist with timings that declare a silent member
+// down within a few seconds.
+func startGossip(cfg gossipConfig) (*gossip, error) {
+	g := &gossip{cfg: cfg, start: time.Now(), known: map[string]liveness{},
+		alive: map[string]memberMeta{}, lastAck: map[string]time.Time{}}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	host, port, err := splitHostPort(cfg.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("gossip listen address %q: %w", cfg.Bind, err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	adv := cfg.Advertise
+	if adv == "" && host != "0.0.0.0" && host != "::" && host != "" {
+		adv = cfg.Bind
+	}
+	if adv != "" {
+		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(adv); err != nil {
+			return nil, fmt.Errorf("gossip advertise address %q: %w", adv, err)
+		}
+	}
+	mc.SecretKey = cfg.Key
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.ProbeInterval = time.Second
+	mc.ProbeTimeout = 500 * time.Millisecond
+	mc.SuspicionMult = 3
+	mc.GossipInterval = 200 * time.Millisecond
+	mc.PushPullInterval = 15 * time.Second
+	mc.TCPTimeout = 5 * time.Second
+	mc.DeadNodeReclaimTime = time.Second // a restarted member may come back at once
+	mc.Delegate = &metaDelegate{g: g}
+	mc.Events = &eventDelegate{g: g}
+	mc.Ping = &pingDelegate{g: g}
+	mc.Logger = log.New(&logWriter{log: cfg.Logger.With("component", "gossip")}, "", 0)
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
+	}
+	g.ml = ml
+	return g, nil
+}
+
+// join contacts the given members' gossip addresses; it succeeds when at
+// least one answers.
+func (g *gossip) join(seeds []string) error {
+	if len(seeds) == 0 {
+		return nil
+	}
+	if _, err := g.ml.Join(seeds); err != nil {
+		return fmt.Errorf("gossip join: %w", err)
+	}
+	return nil
+}
+
+// update broadcasts changed metadata of this node.
+func (g *gossip) update() {
+	if err := g.ml.UpdateNode(2 * time.Second); err != nil {
+		g.cfg.Logger.Debug("gossip metadata update", "err", err)
+	}
+}
+
+// shutdown leaves the cluster politely and stops.
+func (g *gossip) shutdown() {
+	_ = g.ml.Leave(time.Second)
+	_ = g.ml.Shutdown()
+}
+
+// healthScore is memberlist's awareness score: 0 is healthy.
+func (g *gossip) healthScore() int { return g.ml.GetHealthScore() }
+
+// states returns the liveness of every member in expect (and any other
+// member gossip knows), updating since-times on changes. A member never
+// heard of is down since this bdrd started.
+func (g *gossip) states(expect []string) map[string]liveness {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	seen := map[string]liveness{}
+	for name, meta := range g.alive {
+		st := LiveUp
+		if ack, ok := g.lastAck[name]; ok && now.Sub(ack) > suspectAfter && name != g.cfg.Name {
+			st = LiveSuspect
+		} else if !meta.DBUp {
+			st = LiveDBDown
+		}
+		seen[name] = liveness{State: st, Meta: meta}
+	}
+	for _, name := range expect {
+		if _, ok := seen[name]; !ok {
+			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta}
+		}
+	}
+	for name := range g.known {
+		if _, ok := seen[name]; !ok {
+			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta}
+		}
+	}
+	out := make(map[string]liveness, len(seen))
+	for name, l := range seen {
+		prev, ok := g.known[name]
+		switch {
+		case !ok && l.State == LiveDown:
+			l.Since = g.start
+		case !ok || prev.State != l.State:
+			l.Since = now
+			if ok {
+				g.cfg.Logger.Info("member state changed", "member", name, "from", prev.State, "to", l.State)
+			}
+		default:
+			l.Since = prev.Since
+		}
+		g.known[name] = l
+		out[name] = l
+	}
+	return out
+}
+
+// eventDelegate records memberlist's view of the members.
+type eventDelegate struct{ g *gossip }
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node)   { d.record(n, true) }
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { d.record(n, true) }
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node)  { d.record(n, false) }
+
+func (d *eventDelegate) record(n *memberlist.Node, alive bool) {
+	meta, err := decodeMeta(n.Meta)
+	d.g.mu.Lock()
+	defer d.g.mu.Unlock()
+	switch {
+	case !alive:
+		delete(d.g.alive, n.Name)
+		delete(d.g.lastAck, n.Name)
+	case err != nil:
+		// A member of another version or a malformed payload: not one of ours.
+		d.g.cfg.Logger.Debug("gossip member ignored", "member", n.Name, "err", err)
+	default:
+		d.g.alive[n.Name] = meta
+		d.g.lastAck[n.Name] = time.Now()
+	}
+}
+
+// pingDelegate records answered probes, for the suspect state.
+type pingDelegate struct{ g *gossip }
+
+func (d *pingDelegate) AckPayload() []byte { return nil }
+
+func (d *pingDelegate) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
+	d.g.mu.Lock()
+	defer d.g.mu.Unlock()
+	if _, ok := d.g.alive[n.Name]; ok {
+		d.g.lastAck[n.Name] = time.Now()
+	}
+}
+
+// metaDelegate gives memberlist this node's metadata.
+type metaDelegate struct{ g *gossip }
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	b, err := encodeMeta(d.g.cfg.Meta(), limit)
+	if err != nil {
+		d.g.cfg.Logger.Warn("gossip metadata not sent", "err", err)
+		return nil
+	}
+	return b
+}
+func (d *metaDelegate) NotifyMsg([]byte)                    {}
+func (d *metaDelegate) GetBroadcasts(int, int) [][]byte     { return nil }
+func (d *metaDelegate) LocalState(bool) []byte              { return nil }
+func (d *metaDelegate) MergeRemoteState(buf []byte, _ bool) {}
+
+// logWriter turns the standard-library logging of memberlist and raft into
+// debug records of the injected logger.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.log.Log(context.Background(), slog.LevelDebug, string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
