@@ -151,7 +151,11 @@ func connectApplier(ctx context.Context, peer Peer, local Local) (*applier, deco
 // to resume streaming from.
 func (a *applier) setupSession(ctx context.Context) (decoder.LSN, error) {
 	conn, peer, local := a.conn, a.peer, a.local
-	name := catalog.OriginName(peer.Name)
+	oid, err := catalog.DatabaseOID(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	name := catalog.OriginName(oid, peer.Name)
 	for _, s := range []string{
 		"SET session_replication_role = replica",
 		"SET synchronous_commit = off",
@@ -161,7 +165,7 @@ func (a *applier) setupSession(ctx context.Context) (decoder.LSN, error) {
 		}
 	}
 	var origin uint32
-	err := conn.QueryRow(ctx, `SELECT roident FROM pg_catalog.pg_replication_origin WHERE roname = $1`, name).Scan(&origin)
+	err = conn.QueryRow(ctx, `SELECT roident FROM pg_catalog.pg_replication_origin WHERE roname = $1`, name).Scan(&origin)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)`, name).Scan(&origin)
 	}

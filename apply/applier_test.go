@@ -98,7 +98,7 @@ func testApplier(t *testing.T) (*applier, *pgx.Conn) {
 	}
 	t.Cleanup(func() {
 		_ = a.conn.Close(context.Background())
-		_, _ = conn.Exec(context.Background(), `SELECT pg_replication_origin_drop($1)`, catalog.OriginName(peer.Name))
+		_, _ = conn.Exec(context.Background(), `SELECT pg_replication_origin_drop(bdr.repl_name($1))`, peer.Name)
 	})
 	a.log = slog.New(slog.DiscardHandler)
 	a.met = newMetrics(nil).stream(peer.Name)
@@ -170,8 +170,8 @@ func TestStatementSequence(t *testing.T) {
 		t.Errorf("statements:\n got %s\nwant %s", got, want)
 	}
 	var progress string
-	if err := conn.QueryRow(ctx, `SELECT pg_replication_origin_progress($1, false)::text`,
-		catalog.OriginName(a.peer.Name)).Scan(&progress); err != nil || progress != "0/2000" {
+	if err := conn.QueryRow(ctx, `SELECT pg_replication_origin_progress(bdr.repl_name($1), false)::text`,
+		a.peer.Name).Scan(&progress); err != nil || progress != "0/2000" {
 		t.Errorf("origin progress %q (%v), want 0/2000: the end of the last transaction", progress, err)
 	}
 	var ts time.Time

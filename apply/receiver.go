@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -51,6 +52,22 @@ func connectReplication(ctx context.Context, dsn, appName string) (*pgconn.PgCon
 	return conn, nil
 }
 
+// replDatabaseOID is the oid of the database of a replication connection.
+func replDatabaseOID(ctx context.Context, conn *pgconn.PgConn) (uint32, error) {
+	res, err := conn.Exec(ctx, catalog.DatabaseOIDQuery).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("read the database oid: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return 0, errors.New("read the database oid: no answer")
+	}
+	oid, err := strconv.ParseUint(string(res[0].Rows[0][0]), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("read the database oid: %w", err)
+	}
+	return uint32(oid), nil
+}
+
 // pluginArgs are the pgoutput options: protocol 2 with streaming of large
 // in-progress transactions, optionally binary values; from PostgreSQL 16
 // the provider itself drops changes that did not originate on it (DESIGN
@@ -87,8 +104,12 @@ func serverVersion(conn *pgconn.PgConn) int {
 
 // start begins streaming from the slot at start (0: the slot's position).
 func (r *receiver) start(ctx context.Context, start decoder.LSN) error {
-	slot := catalog.SlotName(r.local.Name)
-	err := pglogrepl.StartReplication(ctx, r.conn, slot, start, pglogrepl.StartReplicationOptions{
+	oid, err := replDatabaseOID(ctx, r.conn)
+	if err != nil {
+		return fmt.Errorf("on %s: %w", r.peer.Name, err)
+	}
+	slot := catalog.SlotName(oid, r.local.Name)
+	err = pglogrepl.StartReplication(ctx, r.conn, slot, start, pglogrepl.StartReplicationOptions{
 		Mode:       pglogrepl.LogicalReplication,
 		PluginArgs: pluginArgs(serverVersion(r.conn), r.binary),
 	})

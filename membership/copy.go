@@ -53,7 +53,8 @@ func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (
 	}
 	defer func() { _ = c.Resume(context.WithoutCancel(ctx)) }()
 
-	cfg, err := pgconn.ParseConfig(via.PublicDSN)
+	viaDSN := j.viaNode().PublicDSN
+	cfg, err := pgconn.ParseConfig(viaDSN)
 	if err != nil {
 		return nil, fmt.Errorf("via node dsn: %w", err)
 	}
@@ -64,11 +65,23 @@ func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (
 		return nil, fmt.Errorf("connect to %s: %w", via.Name, err)
 	}
 	snap := &viaSnapshot{conn: conn, progress: map[string]pglogrepl.LSN{}}
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, catalog.SlotName(s.cfg.NodeName), "pgoutput",
+	vconn, err := pgx.Connect(ctx, viaDSN)
+	if err != nil {
+		snap.close()
+		return nil, fmt.Errorf("connect to %s: %w", via.Name, err)
+	}
+	defer func() { _ = vconn.Close(context.Background()) }()
+	viaOID, err := catalog.DatabaseOID(ctx, vconn)
+	if err != nil {
+		snap.close()
+		return nil, fmt.Errorf("on %s: %w", via.Name, err)
+	}
+	slot := catalog.SlotName(viaOID, s.cfg.NodeName)
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	if err != nil {
 		snap.close()
-		return nil, fmt.Errorf("create slot %s on %s: %w", catalog.SlotName(s.cfg.NodeName), via.Name, err)
+		return nil, fmt.Errorf("create slot %s on %s: %w", slot, via.Name, err)
 	}
 	if !snapshotPattern.MatchString(res.SnapshotName) {
 		snap.close()
@@ -80,16 +93,10 @@ func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (
 		return nil, fmt.Errorf("create slot on %s: %w", via.Name, err)
 	}
 
-	vconn, err := pgx.Connect(ctx, via.PublicDSN)
-	if err != nil {
-		snap.close()
-		return nil, fmt.Errorf("connect to %s: %w", via.Name, err)
-	}
-	defer func() { _ = vconn.Close(context.Background()) }()
 	for name, slotStart := range start {
 		var p *string
 		if err := vconn.QueryRow(ctx, `SELECT pg_catalog.pg_replication_origin_progress($1, false)::text`,
-			catalog.OriginName(name)).Scan(&p); err != nil {
+			catalog.OriginName(viaOID, name)).Scan(&p); err != nil {
 			snap.close()
 			return nil, fmt.Errorf("read progress of %s on %s: %w", name, via.Name, err)
 		}
@@ -107,14 +114,19 @@ func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (
 	return snap, nil
 }
 
-// createSlot creates a pgoutput slot named name on the server of dsn and
-// returns its consistent point.
-func createSlot(ctx context.Context, dsn, name string) (pglogrepl.LSN, error) {
+// createSlot creates the pgoutput slot for subscriber in the database of
+// dsn and returns its consistent point.
+func createSlot(ctx context.Context, dsn, subscriber string) (pglogrepl.LSN, error) {
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, fmt.Errorf("create slot %s: %w", name, err)
+		return 0, fmt.Errorf("create slot for %s: %w", subscriber, err)
 	}
 	defer func() { _ = conn.Close(context.Background()) }()
+	oid, err := catalog.DatabaseOID(ctx, conn)
+	if err != nil {
+		return 0, fmt.Errorf("create slot for %s: %w", subscriber, err)
+	}
+	name := catalog.SlotName(oid, subscriber)
 	var lsn string
 	err = conn.QueryRow(ctx, `SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, name).Scan(&lsn)
 	if err != nil {
@@ -123,16 +135,21 @@ func createSlot(ctx context.Context, dsn, name string) (pglogrepl.LSN, error) {
 	return pglogrepl.ParseLSN(lsn)
 }
 
-// dropSlot drops slot name on the server of dsn, first ending the session
-// that streams from it. A missing slot is not an error.
-func dropSlot(ctx context.Context, dsn, name string) error {
+// dropSlot drops the slot for subscriber in the database of dsn, first
+// ending the session that streams from it. A missing slot is not an error.
+func dropSlot(ctx context.Context, dsn, subscriber string) error {
 	cctx, cancel := context.WithTimeout(ctx, peerTimeout)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, dsn)
 	if err != nil {
-		return fmt.Errorf("drop slot %s: %w", name, err)
+		return fmt.Errorf("drop slot for %s: %w", subscriber, err)
 	}
 	defer func() { _ = conn.Close(context.Background()) }()
+	oid, err := catalog.DatabaseOID(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("drop slot for %s: %w", subscriber, err)
+	}
+	name := catalog.SlotName(oid, subscriber)
 	for attempt := 0; ; attempt++ {
 		_, err = conn.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots
 			WHERE slot_name = $1 AND active_pid IS NOT NULL`, name)

@@ -166,7 +166,6 @@ type joiner struct {
 	task joinTask
 	// what was created, for undo
 	remoteSlots []adminapi.Node // members holding slot bdr_<self>
-	localSlots  []string
 	copied      bool
 }
 
@@ -191,17 +190,16 @@ func (j *joiner) run(ctx context.Context) error {
 		return err
 	}
 	for _, m := range j.task.members {
-		if _, err := createSlot(ctx, s.cfg.DSN, catalog.SlotName(m.Name)); err != nil {
+		if _, err := createSlot(ctx, s.cfg.DSN, m.Name); err != nil {
 			return err
 		}
-		j.localSlots = append(j.localSlots, catalog.SlotName(m.Name))
 	}
 	start := map[string]pglogrepl.LSN{}
 	for _, m := range j.task.members {
 		if m.Name == via.Name {
 			continue
 		}
-		lsn, err := createSlot(ctx, m.PublicDSN, catalog.SlotName(s.cfg.NodeName))
+		lsn, err := createSlot(ctx, m.PublicDSN, s.cfg.NodeName)
 		if err != nil {
 			return fmt.Errorf("on %s: %w", m.Name, err)
 		}
@@ -231,11 +229,12 @@ func (j *joiner) run(ctx context.Context) error {
 
 	// 4. Copy schema and data under that snapshot.
 	s.phase(adminapi.PhaseCopying, "copying schema from %s", via.Name)
-	if err := copySchema(ctx, s.cfg.PGBinDir, via.PublicDSN, snap.name, s.cfg.DSN); err != nil {
+	viaDSN := j.viaNode().PublicDSN
+	if err := copySchema(ctx, s.cfg.PGBinDir, viaDSN, snap.name, s.cfg.DSN); err != nil {
 		return err
 	}
 	j.copied = true
-	err = copyData(ctx, via.PublicDSN, snap.name, s.cfg.DSN, catalog.OriginName(via.Name), snap.lsn,
+	err = copyData(ctx, viaDSN, snap.name, s.cfg.DSN, catalog.OriginName(s.dbOID, via.Name), snap.lsn,
 		func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) })
 	if err != nil {
 		return err
@@ -247,7 +246,7 @@ func (j *joiner) run(ctx context.Context) error {
 	// voter), and every node's streams follow.
 	s.phase(adminapi.PhaseStreams, "starting streams")
 	for name, lsn := range snap.progress {
-		if err := setOrigin(ctx, s.pool, catalog.OriginName(name), lsn); err != nil {
+		if err := setOrigin(ctx, s.pool, catalog.OriginName(s.dbOID, name), lsn); err != nil {
 			return err
 		}
 	}
@@ -268,7 +267,7 @@ func (j *joiner) viaNode() adminapi.Node {
 			return m
 		}
 	}
-	return adminapi.Node{Name: j.task.via.Name, PublicDSN: j.task.via.PublicDSN, AdminAddr: j.task.via.AdminAddr}
+	return adminapi.Node{Name: j.task.via.Name, AdminAddr: j.task.via.AdminAddr}
 }
 
 // waitCaughtUp waits until every incoming stream is streaming with little lag.
@@ -307,7 +306,7 @@ func (j *joiner) undo(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("part the half-joined node: %w", err))
 	}
 	for _, m := range j.remoteSlots {
-		if err := dropSlot(ctx, m.PublicDSN, catalog.SlotName(s.cfg.NodeName)); err != nil {
+		if err := dropSlot(ctx, m.PublicDSN, s.cfg.NodeName); err != nil {
 			errs = append(errs, fmt.Errorf("on %s: %w", m.Name, err))
 		}
 	}

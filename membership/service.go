@@ -116,6 +116,7 @@ var _ Streams = (*apply.Manager)(nil)
 type Service struct {
 	cfg     Config
 	pool    *pgxpool.Pool
+	dbOID   uint32 // of the local database: names its slots and origins
 	store   *state.Store
 	streams Streams
 	log     *slog.Logger
@@ -152,6 +153,13 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 	s := &Service{cfg: cfg, pool: pool, store: store, streams: streams, log: log,
 		met: newMetrics(cfg.Registry), tasks: make(chan joinTask, 1), changed: make(chan struct{}, 1),
 		dbUp: true, lives: map[string]liveness{}, budget: map[string]walUse{}}
+	ctx, cancel := context.WithTimeout(context.Background(), peerTimeout)
+	defer cancel()
+	oid, err := catalog.DatabaseOID(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	s.dbOID = oid
 	var jp adminapi.JoinProgress
 	if ok, err := store.Get(state.KeyJoin, &jp); err != nil {
 		return nil, err
@@ -336,7 +344,7 @@ func (s *Service) local(ctx context.Context) (catalog.Node, bool, error) {
 
 // Info describes this node.
 func (s *Service) Info(ctx context.Context) (adminapi.Info, error) {
-	info := adminapi.Info{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN, AdminAddr: s.cfg.AdminAddr,
+	info := adminapi.Info{Name: s.cfg.NodeName, PublicDSN: RedactDSN(s.cfg.PublicDSN), AdminAddr: s.cfg.AdminAddr,
 		GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr(), Version: s.cfg.Version, State: "none"}
 	self, ok, err := s.local(ctx)
 	if err != nil {

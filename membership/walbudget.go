@@ -56,13 +56,14 @@ func (s *Service) checkWALBudget(ctx context.Context) error {
 	members := cons.fsm.current().Nodes
 	rows, err := s.pool.Query(ctx, `SELECT slot_name, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint
 		FROM pg_catalog.pg_replication_slots
-		WHERE database = pg_catalog.current_database() AND slot_name LIKE 'bdr\_%' AND restart_lsn IS NOT NULL`)
+		WHERE database = pg_catalog.current_database() AND pg_catalog.starts_with(slot_name::text, $1) AND restart_lsn IS NOT NULL`,
+		catalog.ReplName(s.dbOID, ""))
 	if err != nil {
 		return err
 	}
 	type slot struct {
-		name     string
-		retained int64
+		Name     string
+		Retained int64
 	}
 	slots, err := pgx.CollectRows(rows, pgx.RowToStructByPos[slot])
 	if err != nil {
@@ -71,14 +72,14 @@ func (s *Service) checkWALBudget(ctx context.Context) error {
 	budget := float64(s.cfg.MaxPeerWAL)
 	seen := map[string]bool{}
 	for _, sl := range slots {
-		peer := strings.TrimPrefix(sl.name, "bdr_")
+		peer := strings.TrimPrefix(sl.Name, catalog.ReplName(s.dbOID, ""))
 		n, ok := members[peer]
 		if !ok || n.State == catalog.StateParted || peer == s.cfg.NodeName {
 			continue
 		}
 		seen[peer] = true
-		use := walUse{Retained: sl.retained, Ratio: float64(sl.retained) / budget, State: BudgetOK}
-		s.met.retained.WithLabelValues(peer).Set(float64(sl.retained))
+		use := walUse{Retained: sl.Retained, Ratio: float64(sl.Retained) / budget, State: BudgetOK}
+		s.met.retained.WithLabelValues(peer).Set(float64(sl.Retained))
 		s.met.budgetUsed.WithLabelValues(peer).Set(use.Ratio)
 		l, _ := s.liveOf(peer)
 		s.gmu.Lock()

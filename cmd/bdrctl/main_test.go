@@ -56,8 +56,8 @@ func servers(t *testing.T) []*pgcluster.Server {
 func leftovers(t *testing.T, dsn, name string) []string {
 	t.Helper()
 	return pgtest.Strings(t, dsn, `
-		SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name = 'bdr_' || $1
-		UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname = 'bdr_' || $1`, name)
+		SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name ~ ('^bdr_[0-9]+_' || $1 || '$')
+		UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname ~ ('^bdr_[0-9]+_' || $1 || '$')`, name)
 }
 
 // TestBadAdminInput: failures of init, join and part are one clear line, a

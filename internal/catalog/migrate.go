@@ -181,6 +181,63 @@ SELECT n.node_name,
   LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
  WHERE NOT n.is_local AND n.state IN ('joining', 'active');
 `,
+	// 3: slot and origin names carry the database oid (bdr_<oid>_<node>):
+	// slots and origins belong to the server, and two bdr databases on one
+	// server must never share one.
+	`
+-- This database's slot for subscriber node, and its origin for provider node.
+CREATE FUNCTION bdr.repl_name(node text) RETURNS text
+LANGUAGE sql STABLE AS $$
+	SELECT 'bdr_' || d.oid::text || '_' || node
+	  FROM pg_catalog.pg_database d
+	 WHERE d.datname = pg_catalog.current_database()
+$$;
+
+CREATE OR REPLACE FUNCTION bdr.origin_node_id(roident oid) RETURNS int
+LANGUAGE sql STABLE AS $$
+	SELECT n.node_id
+	  FROM pg_catalog.pg_replication_origin o
+	  JOIN bdr.nodes n ON n.state <> 'parted'
+	   AND o.roname = 'bdr_' || (SELECT d.oid::text FROM pg_catalog.pg_database d
+	                              WHERE d.datname = pg_catalog.current_database()) || '_' || n.node_name
+	 WHERE o.roident = $1
+$$;
+
+CREATE OR REPLACE VIEW bdr.node_status AS
+SELECT n.node_name AS peer,
+       'incoming'::text AS direction,
+       coalesce(s.state, 'unknown') AS state,
+       s.lag_bytes,
+       s.lag_seconds,
+       s.last_applied_commit_time AS last_applied_remote_commit_time,
+       o.remote_lsn AS position,
+       s.last_error,
+       m.state AS peer_state,
+       m.since AS peer_state_since
+  FROM bdr.nodes n
+  LEFT JOIN bdr.stream_status s ON s.peer_name = n.node_name
+  LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = bdr.repl_name(n.node_name)
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active')
+UNION ALL
+SELECT n.node_name,
+       'outgoing',
+       CASE WHEN sl.slot_name IS NULL THEN 'missing'
+            WHEN sl.active THEN 'streaming'
+            ELSE 'inactive' END,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sl.confirmed_flush_lsn)::bigint,
+       NULL,
+       NULL,
+       sl.confirmed_flush_lsn,
+       NULL,
+       m.state,
+       m.since
+  FROM bdr.nodes n
+  LEFT JOIN pg_catalog.pg_replication_slots sl
+         ON sl.slot_name = bdr.repl_name(n.node_name) AND sl.database = pg_catalog.current_database()
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+`,
 }
 
 // Version is the schema version this build installs.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,13 +36,34 @@ type Node struct {
 // Current reports whether the node is a member now (not parted).
 func (n Node) Current() bool { return n.State != StateParted }
 
-// OriginName is the replication origin, on other nodes, of changes that
-// come from node name. The slot name on a provider, for subscriber name, is
-// the same string.
-func OriginName(name string) string { return "bdr_" + name }
+// ReplName is bdr_<database oid>_<node>: the name of a database's slot for
+// subscriber node and of its replication origin for provider node. Slots
+// and origins belong to the server, not to a database; the oid keeps two
+// bdr databases on one server (of one group or of two) apart.
+func ReplName(dbOID uint32, node string) string {
+	return "bdr_" + strconv.FormatUint(uint64(dbOID), 10) + "_" + node
+}
 
-// SlotName is the logical slot on a provider that subscriber streams from.
-func SlotName(subscriber string) string { return "bdr_" + subscriber }
+// SlotName is the logical slot, in the provider's database, that
+// subscriber streams from.
+func SlotName(providerDB uint32, subscriber string) string { return ReplName(providerDB, subscriber) }
+
+// OriginName is the replication origin, in the subscriber's database, of
+// the changes that come from provider.
+func OriginName(subscriberDB uint32, provider string) string { return ReplName(subscriberDB, provider) }
+
+// DatabaseOID is the oid of the database db is connected to.
+func DatabaseOID(ctx context.Context, db DB) (uint32, error) {
+	var oid uint32
+	if err := db.QueryRow(ctx, DatabaseOIDQuery).Scan(&oid); err != nil {
+		return 0, fmt.Errorf("read the database oid: %w", err)
+	}
+	return oid, nil
+}
+
+// DatabaseOIDQuery returns the oid of the current database (it also runs on
+// a replication connection).
+const DatabaseOIDQuery = `SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()`
 
 const nodeColumns = `node_id, node_name, state, is_local, public_dsn, admin_addr, gossip_addr, raft_addr,
 	coalesce(reason, ''), created_at, state_changed_at`
