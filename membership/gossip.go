@@ -103,9 +103,15 @@ type gossipConfig struct {
 	Transport memberlist.NodeAwareTransport
 }
 
-// suspectAfter is how long a member may go without answering a probe
-// before it shows as suspect (memberlist declares it dead later).
-const suspectAfter = 3 * time.Second
+// Every heartbeatEvery each bdrd pings every member it has alive directly
+// (memberlist's own probes visit one member per interval, so with five
+// members a given one is probed only every few seconds). A member that
+// answered none of them for suspectAfter shows as suspect; memberlist
+// declares it dead later, with the help of the other members.
+const (
+	heartbeatEvery = 500 * time.Millisecond
+	suspectAfter   = 2 * time.Second
+)
 
 // gossip runs memberlist for one bdrd: failure detection and metadata.
 // What memberlist reports comes through its event and ping delegates,
@@ -116,10 +122,15 @@ type gossip struct {
 	cfg   gossipConfig
 	start time.Time
 
-	mu      sync.Mutex
-	alive   map[string]memberMeta // members memberlist has alive
-	lastAck map[string]time.Time  // last answered probe
-	known   map[string]liveness   // what states reported last, by member name
+	mu       sync.Mutex
+	alive    map[string]memberMeta // members memberlist has alive
+	addrs    map[string]string     // their gossip addresses
+	lastAck  map[string]time.Time  // last answered probe or heartbeat
+	inFlight map[string]bool       // heartbeats waiting for an answer
+	known    map[string]liveness   // what states reported last, by member name
+
+	stop chan struct{}
+	done chan struct{}
 }
 
 func splitHostPort(addr string) (string, int, error) {
@@ -138,7 +149,8 @@ func splitHostPort(addr string) (string, int, error) {
 // down within a few seconds.
 func startGossip(cfg gossipConfig) (*gossip, error) {
 	g := &gossip{cfg: cfg, start: time.Now(), known: map[string]liveness{},
-		alive: map[string]memberMeta{}, lastAck: map[string]time.Time{}}
+		alive: map[string]memberMeta{}, addrs: map[string]string{}, lastAck: map[string]time.Time{},
+		inFlight: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	host, port, err := splitHostPort(cfg.Bind)
@@ -176,8 +188,50 @@ func startGossip(cfg gossipConfig) (*gossip, error) {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
 	}
 	g.ml = ml
+	go g.heartbeats()
 	return g, nil
 }
+
+// heartbeats pings every alive member directly, for the suspect state.
+func (g *gossip) heartbeats() {
+	defer close(g.done)
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		g.mu.Lock()
+		for name, addr := range g.addrs {
+			if name == g.cfg.Name || g.inFlight[name] {
+				continue
+			}
+			g.inFlight[name] = true
+			wg.Go(func() { g.heartbeat(name, addr) })
+		}
+		g.mu.Unlock()
+	}
+}
+
+func (g *gossip) heartbeat(name, addr string) {
+	_, err := g.ml.Ping(name, udpAddr(addr))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.inFlight, name)
+	if _, ok := g.alive[name]; ok && err == nil {
+		g.lastAck[name] = time.Now()
+	}
+}
+
+// udpAddr is a gossip address as memberlist's Ping takes it.
+type udpAddr string
+
+func (udpAddr) Network() string  { return "udp" }
+func (a udpAddr) String() string { return string(a) }
 
 // join contacts the given members' gossip addresses; it succeeds when at
 // least one answers.
@@ -200,6 +254,8 @@ func (g *gossip) update() {
 
 // shutdown leaves the cluster politely and stops.
 func (g *gossip) shutdown() {
+	close(g.stop)
+	<-g.done
 	_ = g.ml.Leave(time.Second)
 	_ = g.ml.Shutdown()
 }
@@ -268,13 +324,17 @@ func (d *eventDelegate) record(n *memberlist.Node, alive bool) {
 	switch {
 	case !alive:
 		delete(d.g.alive, n.Name)
+		delete(d.g.addrs, n.Name)
 		delete(d.g.lastAck, n.Name)
 	case err != nil:
 		// A member of another version or a malformed payload: not one of ours.
 		d.g.cfg.Logger.Debug("gossip member ignored", "member", n.Name, "err", err)
 	default:
+		if _, ok := d.g.alive[n.Name]; !ok {
+			d.g.lastAck[n.Name] = time.Now()
+		}
 		d.g.alive[n.Name] = meta
-		d.g.lastAck[n.Name] = time.Now()
+		d.g.addrs[n.Name] = n.Address()
 	}
 }
 

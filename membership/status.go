@@ -45,6 +45,11 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	}
 	s.addGroupInfo(&st)
 	if !group {
+		// A node's own view: its members and what gossip says of them,
+		// without asking the others.
+		for _, n := range nodes {
+			st.Nodes = append(st.Nodes, s.nodeAPI(n))
+		}
 		return st, nil
 	}
 
@@ -75,11 +80,7 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	}
 	wg.Wait()
 	for _, n := range nodes {
-		a := toAPI(n)
-		a.PublicDSN = RedactDSN(a.PublicDSN)
-		if l, ok := s.liveOf(n.Name); ok {
-			a.Live, a.LiveSince = l.State, l.Since
-		}
+		a := s.nodeAPI(n)
 		if r, ok := reach[n.Name]; ok {
 			a.Reachable = &r
 			if !r {
@@ -101,6 +102,16 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 		return a.To < b.To
 	})
 	return st, nil
+}
+
+// nodeAPI describes a member with its liveness as this node sees it.
+func (s *Service) nodeAPI(n catalog.Node) adminapi.Node {
+	a := toAPI(n)
+	a.PublicDSN = RedactDSN(a.PublicDSN)
+	if l, ok := s.liveOf(n.Name); ok {
+		a.Live, a.LiveSince = l.State, l.Since
+	}
+	return a
 }
 
 // addGroupInfo adds consensus and WAL budget information.
@@ -125,7 +136,7 @@ func (s *Service) slotStream(ctx context.Context, name string) (adminapi.Stream,
 	var active bool
 	var lag *int64
 	err := s.pool.QueryRow(ctx, `SELECT active, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
-		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, catalog.SlotName(name)).Scan(&active, &lag)
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, catalog.SlotName(s.dbOID, name)).Scan(&active, &lag)
 	if err != nil {
 		return out, nil
 	}
