@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,44 +14,68 @@ import (
 	"github.com/bdr-dev/bdr/internal/state"
 )
 
+// electionWait is how long a decision waits for a leader before it is
+// refused: long enough to ride out an election (timeouts of 500 ms), short
+// enough that a minority answers an operator promptly.
+const electionWait = 4 * time.Second
+
 // propose commits a group decision through consensus: applied here when
 // this node leads, forwarded to the leader otherwise. Without a leader (a
-// minority side of a partition, or no group) it fails with a clear reason.
+// minority side of a partition, or no group) it fails with a clear reason
+// after waiting electionWait for one.
 func (s *Service) propose(ctx context.Context, cmd command) (groupNode, error) {
-	cons, _, _ := s.group()
-	if cons == nil {
-		return groupNode{}, adminapi.Conflict("node %s is not a member of a group", s.cfg.NodeName)
-	}
 	if cmd.At.IsZero() {
 		cmd.At = time.Now()
+	}
+	deadline := time.Now().Add(electionWait)
+	for {
+		n, retry, err := s.proposeOnce(ctx, cmd)
+		if !retry || time.Now().After(deadline) {
+			return n, err
+		}
+		select {
+		case <-ctx.Done():
+			return n, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// proposeOnce is one attempt of propose; retry says the failure was the
+// lack of a reachable leader, which an election may cure.
+func (s *Service) proposeOnce(ctx context.Context, cmd command) (groupNode, bool, error) {
+	cons, _, _ := s.group()
+	if cons == nil {
+		return groupNode{}, false, adminapi.Conflict("node %s is not a member of a group", s.cfg.NodeName)
 	}
 	if cons.isLeader() {
 		n, err := cons.apply(cmd)
 		if err != nil && !errors.Is(err, errNoLeader) {
-			return n, adminapi.Conflict("%v", err)
+			return n, false, adminapi.Conflict("%v", err)
 		}
 		if err == nil {
 			signal(s.changed)
-			return n, nil
+			return n, false, nil
 		}
 	}
 	leader := cons.leader()
 	if leader == "" || leader == s.cfg.NodeName {
-		return groupNode{}, s.noQuorum()
+		return groupNode{}, true, s.noQuorum("")
 	}
 	ln, ok := cons.fsm.current().Nodes[leader]
 	if !ok {
-		return groupNode{}, s.noQuorum()
+		return groupNode{}, true, s.noQuorum("")
 	}
 	n, err := s.client(ln.AdminAddr).Propose(ctx, adminapi.ProposeRequest{Op: cmd.Op, Node: groupToAPI(cmd.Node), Reason: cmd.Reason})
 	if err != nil {
 		var e *adminapi.Error
 		if errors.As(err, &e) {
-			return groupNode{}, err
+			// The leader we knew stepped down, or lost its majority.
+			return groupNode{}, e.Status == http.StatusServiceUnavailable, err
 		}
-		return groupNode{}, adminapi.Unavailable("cannot reach the group's leader %s: %v", leader, err)
+		return groupNode{}, true, s.noQuorum(fmt.Sprintf("cannot reach the group's leader %s (%v)", leader, err))
 	}
-	return apiToGroup(n), nil
+	return apiToGroup(n), false, nil
 }
 
 func apiToGroup(n adminapi.Node) groupNode {
@@ -58,8 +83,9 @@ func apiToGroup(n adminapi.Node) groupNode {
 		GossipAddr: n.GossipAddr, RaftAddr: n.RaftAddr, Since: n.Since, Reason: n.Reason}
 }
 
-// noQuorum explains why a decision cannot be taken here.
-func (s *Service) noQuorum() error {
+// noQuorum explains why a decision cannot be taken here; why, when set,
+// is what failed.
+func (s *Service) noQuorum(why string) error {
 	up, total := 0, 0
 	s.gmu.Lock()
 	for _, l := range s.lives {
@@ -69,7 +95,11 @@ func (s *Service) noQuorum() error {
 		}
 	}
 	s.gmu.Unlock()
-	return adminapi.Unavailable("no quorum: node %s sees %d of %d members; the group's decisions (joins, parts) need a majority, so a minority side of a partition cannot take them", s.cfg.NodeName, up, total)
+	if why != "" {
+		why = "; " + why
+	}
+	return adminapi.Unavailable("no quorum: node %s sees %d of %d members%s; the group's decisions (joins, parts) need a majority, so a minority side of a partition cannot take them",
+		s.cfg.NodeName, up, total, why)
 }
 
 // Propose is the admin API entry for decisions forwarded by other members:
@@ -90,7 +120,7 @@ func (s *Service) Propose(ctx context.Context, r adminapi.ProposeRequest) (admin
 	n, err := cons.apply(command{Op: r.Op, Node: apiToGroup(r.Node), Reason: r.Reason, At: time.Now()})
 	if err != nil {
 		if errors.Is(err, errNoLeader) {
-			return adminapi.Node{}, s.noQuorum()
+			return adminapi.Node{}, s.noQuorum("")
 		}
 		return adminapi.Node{}, adminapi.Conflict("%v", err)
 	}
@@ -181,16 +211,16 @@ func (s *Service) reconcileLocked(ctx context.Context) error {
 // origin, and this node's slot on it when it answers.
 func (s *Service) cleanupParted(ctx context.Context, n groupNode) error {
 	var errs []error
-	if err := dropSlot(ctx, s.cfg.DSN, catalog.SlotName(n.Name)); err != nil {
+	if err := dropSlot(ctx, s.cfg.DSN, n.Name); err != nil {
 		errs = append(errs, err)
 	}
-	if err := dropOrigin(ctx, s.pool, catalog.OriginName(n.Name)); err != nil {
+	if err := dropOrigin(ctx, s.pool, catalog.OriginName(s.dbOID, n.Name)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("clean up parted node %s: %w", n.Name, err)
 	}
-	if err := dropSlot(ctx, n.PublicDSN, catalog.SlotName(s.cfg.NodeName)); err != nil {
+	if err := dropSlot(ctx, n.PublicDSN, s.cfg.NodeName); err != nil {
 		s.log.Info("could not drop our slot on the parted node; it goes when the node leaves", "node", n.Name, "err", err)
 	}
 	s.log.Info("parted node cleaned up", "node", n.Name, "reason", n.Reason)
@@ -238,10 +268,10 @@ func (s *Service) leaveLocked(ctx context.Context) error {
 		if n.IsLocal {
 			continue
 		}
-		if err := dropSlot(ctx, s.cfg.DSN, catalog.SlotName(n.Name)); err != nil {
+		if err := dropSlot(ctx, s.cfg.DSN, n.Name); err != nil {
 			errs = append(errs, err)
 		}
-		if err := dropOrigin(ctx, s.pool, catalog.OriginName(n.Name)); err != nil {
+		if err := dropOrigin(ctx, s.pool, catalog.OriginName(s.dbOID, n.Name)); err != nil {
 			errs = append(errs, err)
 		}
 	}
