@@ -88,17 +88,29 @@ func Unreachable(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	data, err := c.send(ctx, method, path, in)
+	if err != nil || out == nil {
+		return err
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("bdrd at %s: malformed answer: %w", c.addr, err)
+	}
+	return nil
+}
+
+// send makes one request and returns the body of a successful answer.
+func (c *Client) send(ctx context.Context, method, path string, in any) ([]byte, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("bdrd at %s: %w", c.addr, err)
+		return nil, fmt.Errorf("bdrd at %s: %w", c.addr, err)
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -108,12 +120,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("bdrd at %s is unreachable: %w", c.addr, unwrapURL(err))
+		return nil, fmt.Errorf("bdrd at %s is unreachable: %w", c.addr, unwrapURL(err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("bdrd at %s: read answer: %w", c.addr, err)
+		return nil, fmt.Errorf("bdrd at %s: read answer: %w", c.addr, err)
 	}
 	if resp.StatusCode >= 300 {
 		var e Error
@@ -121,15 +133,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 			e.Message = fmt.Sprintf("bdrd at %s answered %s", c.addr, resp.Status)
 		}
 		e.Status = resp.StatusCode
-		return &e
+		return nil, &e
 	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("bdrd at %s: malformed answer: %w", c.addr, err)
-	}
-	return nil
+	return data, nil
+}
+
+// Metrics returns the bdrd's Prometheus metrics page.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	b, err := c.send(ctx, http.MethodGet, "/metrics", nil)
+	return string(b), err
 }
 
 // unwrapURL keeps the cause of a transport error and drops the repeated URL.

@@ -9,14 +9,13 @@
 package grouptest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +88,10 @@ var sharedToken = sync.OnceValue(rand.Text)
 func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node {
 	t.Helper()
 	db, dsn := pgtest.NewDB(t, s)
+	// The test servers trust local connections; the password is there to
+	// check that no log line ever shows it.
+	password := "pw-" + rand.Text()
+	dsn += " password=" + password
 	dir := t.TempDir()
 	n := &Node{t: t, Name: name, Server: s, DB: db, DSN: dsn, DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "bdrd.log"), Options: opts, Admin: freeAddr(t),
@@ -108,12 +111,16 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 		t.Fatal(err)
 	}
 	n.log = f
+	keyFile := filepath.Join(n.DataDir, "group.key")
+	var key []byte
 	t.Cleanup(func() {
+		key, _ = os.ReadFile(keyFile) // before the node may remove it
 		n.Stop()
 		if t.Failed() {
 			t.Logf("bdrd log of %s: %s\n%s", n.Name, n.LogPath, tailFile(n.LogPath, 6000))
 		}
 		_ = f.Close()
+		n.checkSecrets(password, string(bytes.TrimSpace(key)))
 	})
 	n.Start()
 	return n
@@ -151,6 +158,21 @@ func tailFile(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// checkSecrets fails the test when the node's log shows its database
+// password, its admin token or the group key.
+func (n *Node) checkSecrets(password, key string) {
+	b, err := os.ReadFile(n.LogPath)
+	if err != nil {
+		n.t.Errorf("read log of %s: %v", n.Name, err)
+		return
+	}
+	for what, secret := range map[string]string{"database password": password, "admin token": n.Token, "group key": key} {
+		if secret != "" && bytes.Contains(b, []byte(secret)) {
+			n.t.Errorf("the log of %s shows its %s (%s)", n.Name, what, n.LogPath)
+		}
+	}
 }
 
 // Config is the bdrd configuration of the node.
@@ -288,6 +310,12 @@ func (n *Node) QueryInt(sql string, args ...any) int64 {
 	return v
 }
 
+// QueryText runs a query returning one text value.
+func (n *Node) QueryText(sql string, args ...any) string {
+	n.t.Helper()
+	return queryText(n.t, n.DSN, sql, args...)
+}
+
 // Init makes n the first member of a new group.
 func Init(t testing.TB, n *Node) {
 	t.Helper()
@@ -352,7 +380,7 @@ func WaitQuiet(t testing.TB, nodes []*Node, timeout time.Duration) {
 			}
 			pgtest.WaitFor(t, timeout, fmt.Sprintf("%s to apply %s up to %s", s.Name, p.Name, targets[i]), func() (bool, error) {
 				ok := queryText(t, p.DSN, `SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)::text
-					FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, "bdr_"+s.Name, targets[i])
+					FROM pg_catalog.pg_replication_slots WHERE slot_name = bdr.repl_name($1)`, s.Name, targets[i])
 				return ok == "true", nil
 			})
 		}
@@ -406,19 +434,11 @@ func BuildBdrd(dir string) (string, error) {
 // Metrics returns the node's /metrics page.
 func (n *Node) Metrics() string {
 	n.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+n.Admin+"/metrics", nil)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+n.Token)
-	resp, err := http.DefaultClient.Do(req)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	page, err := n.Client().Metrics(ctx)
 	if err != nil {
 		n.t.Fatalf("scrape %s: %v", n.Name, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		n.t.Fatalf("scrape %s: %s %v", n.Name, resp.Status, err)
-	}
-	return string(b)
+	return page
 }

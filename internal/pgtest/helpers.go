@@ -123,6 +123,18 @@ func Scan(t testing.TB, dsn, sql string, args []any, dest ...any) {
 	})
 }
 
+// QueryRow runs a query returning one row on a new connection to dsn and
+// scans it into dest; unlike Scan it returns the error, for polling from
+// goroutines other than the test's.
+func QueryRow(ctx context.Context, dsn, sql string, args []any, dest ...any) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return conn.QueryRow(ctx, sql, args...).Scan(dest...)
+}
+
 // WaitFor polls cond until it returns true, failing the test if that does
 // not happen within timeout. An error from cond does not stop the polling
 // (the condition may depend on something not there yet); the last one is
