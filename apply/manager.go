@@ -164,6 +164,7 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
 			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry),
 			log:        m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
+			wake: make(chan struct{}, 1),
 		}
 		s.setState(StateConnecting, nil)
 		sctx, cancel := context.WithCancel(ctx)
@@ -173,6 +174,18 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			defer close(r.done)
 			s.supervise(sctx)
 		}()
+	}
+}
+
+// Retry makes the stream from peer, if it is waiting to retry after a lost
+// connection, try again now: membership calls it when the peer is seen up
+// again, so a stream does not sit out a long backoff.
+func (m *Manager) Retry(peer string) {
+	m.mu.Lock()
+	r, ok := m.streams[peer]
+	m.mu.Unlock()
+	if ok {
+		r.s.retry()
 	}
 }
 

@@ -85,6 +85,7 @@ type stream struct {
 	track      *tracker // of the current run, nil between runs
 	failedAt   decoder.LSN
 	failures   int
+	wake       chan struct{} // cuts a backoff wait short (the peer is back)
 }
 
 func (s *stream) setState(state string, err error) {
@@ -144,11 +145,31 @@ func (s *stream) supervise(ctx context.Context) {
 			s.log.Warn("stream interrupted; retrying", "class", class.String(), "err", err, "retry_in", backoff)
 			backoff = min(backoff*2, maxBackoff)
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			s.setState(StateStopped, nil)
 			return
-		case <-time.After(wait):
+		case <-t.C:
+		case <-s.wake:
+			t.Stop()
+			backoff = minBackoff
+		}
+	}
+}
+
+// retry cuts the current backoff wait short, if the stream is retrying
+// after a transient failure (a stream in the error state keeps its wait:
+// its cause is not the peer's absence).
+func (s *stream) retry() {
+	s.mu.Lock()
+	retrying := s.state == StateRetrying
+	s.mu.Unlock()
+	if retrying {
+		select {
+		case s.wake <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -55,8 +55,14 @@ func (s *Service) livenessLoop(ctx context.Context) {
 			}
 		}
 		s.gmu.Lock()
+		before := s.lives
 		s.lives = lives
 		s.gmu.Unlock()
+		for name, l := range lives {
+			if l.State == LiveUp && before[name].State != LiveUp && name != s.cfg.NodeName {
+				s.streams.Retry(name) // the peer is back: no need to sit out a backoff
+			}
+		}
 		// Gossip forgets members it declared dead (after a restart or a
 		// partition): contact them again now and then.
 		if time.Since(rejoined) > rejoinEvery {

@@ -107,6 +107,7 @@ func failureDetection(t *testing.T, n int) {
 			})
 		}
 		waitStreaming(t, nodes, time.Minute)
+		t.Logf("%d nodes, %s: every stream streaming %s after the restart", n, sc.name, time.Since(back).Round(10*time.Millisecond))
 		write(nodes...)
 		grouptest.WaitQuiet(t, nodes, 2*time.Minute)
 		grouptest.AssertConverged(t, nodes)

@@ -106,6 +106,7 @@ type Streams interface {
 	Pause(ctx context.Context, lease time.Duration) error
 	Resume()
 	WaitProcessed(ctx context.Context, peer string, lsn uint64) error
+	Retry(peer string)
 }
 
 var _ Streams = (*apply.Manager)(nil)

@@ -32,7 +32,8 @@ Commands:
   join --via ADDR          join the group of the member whose admin API is at ADDR
        [--no-wait]         return once admitted instead of waiting until ready
   part NAME                remove node NAME from the group (run against another member)
-  status [--json]          nodes, streams, lag and errors of the group
+  status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
+                           (--local: this node's own view, without asking the others)
   checksum [--json]        per-table checksums of every member, and whether they agree
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
@@ -220,6 +221,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	case "status":
 		asJSON := fs.Bool("json", false, "print JSON")
+		local := fs.Bool("local", false, "only this node's own view, without asking the other members")
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
@@ -227,7 +229,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		st, err := cl.to(*node, 30*time.Second).Status(ctx, true)
+		st, err := cl.to(*node, 30*time.Second).Status(ctx, !*local)
 		if err != nil {
 			return refused(*node, err)
 		}

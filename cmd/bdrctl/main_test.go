@@ -139,13 +139,27 @@ func TestStatusAndPart(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "FROM") || !strings.Contains(out, c.Name) {
 		t.Errorf("status output:\n%s", out)
 	}
+	// --local: a's own view, every member with its liveness, no probing.
+	code, out, stderr := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "status", "--local", "--json")
+	var local adminapi.Status
+	if code != 0 || json.Unmarshal([]byte(out), &local) != nil {
+		t.Fatalf("status --local: exit %d\n%s%s", code, out, stderr)
+	}
+	if len(local.Nodes) != 3 {
+		t.Errorf("status --local lists %d nodes; want 3", len(local.Nodes))
+	}
+	for _, n := range local.Nodes {
+		if n.Reachable != nil || (n.Name != a.Name && n.Live != "up") {
+			t.Errorf("status --local: %s reachable=%v live=%q; want not probed, up", n.Name, n.Reachable, n.Live)
+		}
+	}
 	// checksum asks every member, with the same token.
 	if code, out, stderr := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "checksum"); code != 0 ||
 		!strings.Contains(out, "all 3 members are identical") {
 		t.Errorf("checksum: exit %d\n%s%s", code, out, stderr)
 	}
 
-	code, out, stderr := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "part", c.Name)
+	code, out, stderr = bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "part", c.Name)
 	if code != 0 {
 		t.Fatalf("part: %s", stderr)
 	}

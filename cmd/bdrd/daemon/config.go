@@ -97,7 +97,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip `address` other members use (default: --gossip-listen, or this host's address when that is 0.0.0.0)")
 	fs.StringVar(&cfg.GossipKeyFile, "gossip-key-file", "", "`file` of the group key, made by bdrctl init and handed to joiners (default: DATA_DIR/group.key)")
 	fs.StringVar(&cfg.RaftListen, "raft-listen", DefaultRaftListen, "`address` of the group's consensus traffic (mutual TLS from the group key)")
-	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "consensus `address` other members use (default: --raft-listen; required when that is 0.0.0.0)")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "consensus `address` other members use (default: --raft-listen, or this host's name when that is 0.0.0.0)")
 	cfg.MaxPeerWAL = DefaultMaxPeerWAL
 	fs.Var(&cfg.MaxPeerWAL, "max-peer-wal", "WAL a slot may keep for a down peer (`size`, e.g. 16GB, 512MB) before --on-wal-budget acts; warned at 80%")
 	fs.StringVar(&cfg.OnWALBudget, "on-wal-budget", "part", "when a down peer's slot keeps more WAL than --max-peer-wal: part (remove the peer through the group, releasing the WAL) or alert (keep it, only alert)")
