@@ -29,6 +29,7 @@ import (
 	"github.com/bdr-dev/bdr/cmd/bdrd/daemon"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/checksum"
+	"github.com/bdr-dev/bdr/internal/groupkey"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 	"github.com/bdr-dev/bdr/internal/pgtest"
 )
@@ -82,7 +83,24 @@ type Options struct {
 // uses unless Options.Token says otherwise.
 func SharedToken() string { return sharedToken() }
 
-var sharedToken = sync.OnceValue(rand.Text)
+var sharedToken = sync.OnceValue(func() string {
+	tok := rand.Text()
+	pgtest.RecordSecret(tok)
+	return tok
+})
+
+// recordKey records a group key file's key and the internal token made
+// from it as secrets no log may show.
+func recordKey(b []byte) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return
+	}
+	pgtest.RecordSecret(string(b))
+	if k, err := groupkey.Parse(string(b)); err == nil {
+		pgtest.RecordSecret(k.InternalToken())
+	}
+}
 
 // NewNode creates a database on s and starts a bdrd named name for it.
 func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node {
@@ -91,6 +109,7 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	// The test servers trust local connections; the password is there to
 	// check that no log line ever shows it.
 	password := "pw-" + rand.Text()
+	pgtest.RecordSecret(password)
 	dsn += " password=" + password
 	dir := t.TempDir()
 	n := &Node{t: t, Name: name, Server: s, DB: db, DSN: dsn, DataDir: filepath.Join(dir, "data"),
@@ -100,6 +119,7 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	if n.Token == "" {
 		n.Token = SharedToken()
 	}
+	pgtest.RecordSecret(n.Token)
 	if opts.Net != nil {
 		opts.Net.register(name, n.Admin, n.Gossip, n.Raft)
 	}
@@ -115,6 +135,7 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	var key []byte
 	t.Cleanup(func() {
 		key, _ = os.ReadFile(keyFile) // before the node may remove it
+		recordKey(key)
 		n.Stop()
 		if t.Failed() {
 			t.Logf("bdrd log of %s: %s\n%s", n.Name, n.LogPath, tailFile(n.LogPath, 6000))

@@ -229,7 +229,10 @@ func (t *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Dur
 	return t.DialTimeout(a.Addr, timeout)
 }
 
+// Shutdown stops the inner transport first: its UDP listener only ends
+// once its last packet is taken, so filter must go on draining until then.
 func (t *cutTransport) Shutdown() error {
+	err := t.NetTransport.Shutdown()
 	close(t.done)
-	return t.NetTransport.Shutdown()
+	return err
 }

@@ -3,6 +3,7 @@ package pgtest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"sync"
@@ -35,6 +36,9 @@ var shared atomic.Pointer[sharedSet]
 // Failing to start the servers fails every test that asks for one with
 // [Shared]; tests that do not use a server still run.
 func Main(m *testing.M, n int) int {
+	if Fuzzing() {
+		return m.Run() // fuzz targets need no server; every worker runs this
+	}
 	set := startShared(n)
 	shared.Store(set)
 	if set.err != nil {
@@ -62,6 +66,10 @@ func Main(m *testing.M, n int) int {
 			continue
 		}
 		f.Close()
+		if _, leaked := leakedSecret(f.Name()); leaked {
+			fmt.Fprintf(os.Stderr, "pgtest: the log of shared server %d shows a password, token or key the tests handed out\n", i)
+			code = 1
+		}
 		if code == 0 {
 			os.Remove(f.Name())
 		} else {
@@ -69,6 +77,17 @@ func Main(m *testing.M, n int) int {
 		}
 	}
 	return code
+}
+
+// Fuzzing reports whether the test binary runs for go test -fuzz, as the
+// coordinator or as one of its workers: a TestMain then skips expensive
+// setup the fuzz targets do not use.
+func Fuzzing() bool {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	fuzz, worker := flag.Lookup("test.fuzz"), flag.Lookup("test.fuzzworker")
+	return fuzz != nil && fuzz.Value.String() != "" || worker != nil && worker.Value.String() == "true"
 }
 
 func startShared(n int) *sharedSet {
@@ -152,6 +171,9 @@ func Private(t testing.TB, opts pgcluster.Options) *pgcluster.Server {
 			return
 		}
 		logFile.Close()
+		if _, leaked := leakedSecret(logFile.Name()); leaked {
+			t.Errorf("the log of a private server shows a password, token or key the tests handed out")
+		}
 		if t.Failed() {
 			t.Logf("log of private server: %s", logFile.Name())
 		} else {
