@@ -32,6 +32,7 @@ type viaSnapshot struct {
 	conn     *pgconn.PgConn
 	name     string
 	lsn      pglogrepl.LSN            // consistent point of slot bdr_<self> on the via node
+	viaOID   uint32                   // of the via node's database
 	progress map[string]pglogrepl.LSN // where to start each other member's stream
 }
 
@@ -76,6 +77,7 @@ func (j *joiner) snapshot(ctx context.Context, start map[string]pglogrepl.LSN) (
 		snap.close()
 		return nil, fmt.Errorf("on %s: %w", via.Name, err)
 	}
+	snap.viaOID = viaOID
 	slot := catalog.SlotName(viaOID, s.cfg.NodeName)
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
@@ -236,7 +238,8 @@ func lastLine(s string) string {
 // via node, as of the snapshot, in one local transaction bound to the via
 // node's origin and stamped with the slot's position: the origin's progress
 // commits with the data (DESIGN rule 1), and the rows carry copyTime.
-func copyData(ctx context.Context, viaDSN, snapshot, localDSN, origin string, lsn pglogrepl.LSN, progress func(string)) error {
+func copyData(ctx context.Context, viaDSN, snapshot, localDSN string, stamp copyStamp, progress func(string)) error {
+	origin, lsn := catalog.OriginName(stamp.localOID, stamp.via), stamp.progress[stamp.via]
 	src, err := pgx.Connect(ctx, viaDSN)
 	if err != nil {
 		return fmt.Errorf("copy data: %w", err)
@@ -292,8 +295,21 @@ func copyData(ctx context.Context, viaDSN, snapshot, localDSN, origin string, ls
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("copy data: commit: %w", err)
 	}
-	_, err = dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_reset()`)
-	return err
+	if _, err = dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_reset()`); err != nil {
+		return err
+	}
+	created := map[string]bool{}
+	for i, t := range tables {
+		progress(fmt.Sprintf("restamping %s with the versions of its rows (table %d of %d)", t.name, i+1, len(tables)))
+		n, err := restamp(ctx, src, dst, t, stamp, created)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			progress(fmt.Sprintf("restamped %d recent versions of %s", n, t.name))
+		}
+	}
+	return nil
 }
 
 type tableCopy struct {
@@ -330,22 +346,30 @@ func copyTables(ctx context.Context, src *pgx.Conn) ([]tableCopy, error) {
 
 // copyTable streams one table from src to dst with COPY.
 func copyTable(ctx context.Context, src, dst *pgconn.PgConn, t tableCopy) error {
+	err := pipeCopy(ctx, src, dst, fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", t.columns, t.name),
+		fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, t.columns))
+	if err != nil {
+		return fmt.Errorf("copy table %s: %w", t.name, err)
+	}
+	return nil
+}
+
+// pipeCopy streams the output of COPY ... TO STDOUT on src into COPY ...
+// FROM STDIN on dst.
+func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string) error {
 	pr, pw := io.Pipe()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		_, err := src.CopyTo(gctx, pw, fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", t.columns, t.name))
+		_, err := src.CopyTo(gctx, pw, out)
 		pw.CloseWithError(err)
 		return err
 	})
 	g.Go(func() error {
-		_, err := dst.CopyFrom(gctx, pr, fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, t.columns))
+		_, err := dst.CopyFrom(gctx, pr, in)
 		pr.CloseWithError(err)
 		return err
 	})
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("copy table %s: %w", t.name, err)
-	}
-	return nil
+	return g.Wait()
 }
 
 // copySequences sets every local sequence to the via node's value.

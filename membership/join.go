@@ -125,10 +125,19 @@ func (s *Service) setJoin(jp adminapi.JoinProgress) {
 	}
 }
 
-func (s *Service) phase(phase, format string, args ...any) {
+// joinState is the current join progress; zero when the node left the
+// group meanwhile (leave clears it).
+func (s *Service) joinState() adminapi.JoinProgress {
 	s.jmu.Lock()
-	jp := *s.join
-	s.jmu.Unlock()
+	defer s.jmu.Unlock()
+	if s.join == nil {
+		return adminapi.JoinProgress{}
+	}
+	return *s.join
+}
+
+func (s *Service) phase(phase, format string, args ...any) {
+	jp := s.joinState()
 	jp.Phase, jp.Message = phase, fmt.Sprintf(format, args...)
 	s.setJoin(jp)
 	s.log.Info("join", "phase", phase, "detail", jp.Message)
@@ -139,9 +148,7 @@ func (s *Service) runJoin(ctx context.Context, t joinTask) {
 	j := &joiner{s: s, task: t}
 	err := j.run(ctx)
 	if err == nil {
-		s.jmu.Lock()
-		jp := *s.join
-		s.jmu.Unlock()
+		jp := s.joinState()
 		jp.Phase, jp.Done, jp.Message = adminapi.PhaseReady, true, fmt.Sprintf("node %s (id %d) is a member of the group", s.cfg.NodeName, t.id)
 		s.setJoin(jp)
 		s.log.Info("joined the group", "node_id", t.id)
@@ -153,9 +160,7 @@ func (s *Service) runJoin(ctx context.Context, t joinTask) {
 	if cerr := j.undo(cctx); cerr != nil {
 		err = fmt.Errorf("%w (undo incomplete: %v)", err, cerr)
 	}
-	s.jmu.Lock()
-	jp := *s.join
-	s.jmu.Unlock()
+	jp := s.joinState()
 	jp.Phase, jp.Done, jp.Error = adminapi.PhaseFailed, true, err.Error()
 	s.setJoin(jp)
 }
@@ -183,6 +188,7 @@ func (j *joiner) run(ctx context.Context) error {
 		return err
 	}
 	s.phase(adminapi.PhaseSlots, "creating replication slots")
+	slotsAt := time.Now()
 	if err := replsets.EnsureDefault(ctx, s.pool); err != nil {
 		return err
 	}
@@ -234,7 +240,12 @@ func (j *joiner) run(ctx context.Context) error {
 		return err
 	}
 	j.copied = true
-	err = copyData(ctx, viaDSN, snap.name, s.cfg.DSN, catalog.OriginName(s.dbOID, via.Name), snap.lsn,
+	stamp := copyStamp{localOID: s.dbOID, via: via.Name, viaOID: snap.viaOID, progress: map[string]pglogrepl.LSN{via.Name: snap.lsn},
+		after: slotsAt.Add(-restampMargin)}
+	for name, lsn := range snap.progress {
+		stamp.progress[name] = lsn
+	}
+	err = copyData(ctx, viaDSN, snap.name, s.cfg.DSN, stamp,
 		func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) })
 	if err != nil {
 		return err
