@@ -18,21 +18,7 @@ import (
 // measure its memory.
 var bdrdBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "bdrd-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bdrdBinary, err = grouptest.BuildBdrd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m, 3)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(grouptest.Main(m, 3, &bdrdBinary)) }
 
 func shared(t *testing.T) []*pgcluster.Server {
 	return []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1), pgtest.Shared(t, 2)}

@@ -18,24 +18,7 @@ import (
 // bdrdBinary is built once by TestMain for the tests that SIGKILL bdrd.
 var bdrdBinary string
 
-func TestMain(m *testing.M) {
-	if pgtest.Fuzzing() {
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "bdrd-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bdrdBinary, err = grouptest.BuildBdrd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m, 3)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(grouptest.Main(m, 3, &bdrdBinary)) }
 
 // member returns what node's own status says of the member named name.
 func member(ctx context.Context, node *grouptest.Node, name string) (adminapi.Node, error) {

@@ -463,3 +463,23 @@ func (n *Node) Metrics() string {
 	}
 	return page
 }
+
+// Main is pgtest.Main for packages that also run bdrd as a subprocess: it
+// builds bdrd into a temporary directory first and sets *bdrd to its path
+// (not when fuzzing: fuzz targets need neither).
+func Main(m *testing.M, servers int, bdrd *string) int {
+	if pgtest.Fuzzing() {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "bdrd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bdrd, err = BuildBdrd(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return pgtest.Main(m, servers)
+}
