@@ -11,8 +11,9 @@ import (
 )
 
 // TestLargeTransaction replicates one INSERT of two million rows. The
-// provider streams it while in progress; bdrd spills it to disk, so its peak
-// RSS stays under 200 MB.
+// provider sends it at commit (PostgreSQL 15; 16 and later stream it while
+// in progress, see pluginArgs); bdrd spills it to disk, so its peak RSS
+// stays under 200 MB.
 func TestLargeTransaction(t *testing.T) {
 	t.Parallel()
 	const rows = 2_000_000

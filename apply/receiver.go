@@ -68,10 +68,15 @@ func replDatabaseOID(ctx context.Context, conn *pgconn.PgConn) (uint32, error) {
 	return uint32(oid), nil
 }
 
-// pluginArgs are the pgoutput options: protocol 2 with streaming of large
-// in-progress transactions, optionally binary values; from PostgreSQL 16
-// the provider itself drops changes that did not originate on it (DESIGN
-// rule 2).
+// pluginArgs are the pgoutput options: protocol 2, optionally binary
+// values. From PostgreSQL 16 the provider itself drops changes that did not
+// originate on it (DESIGN rule 2), and large in-progress transactions are
+// streamed. Before 16 they are not: PostgreSQL 15 streams an in-progress
+// transaction without its origin when the transaction begins with catalog
+// changes (a join's copy of schema and data into a database being
+// replaced: its rows would come back to every member as local inserts), so
+// the provider's walsender spills large transactions to disk and sends them
+// at commit, with their origin.
 func pluginArgs(serverVersion int, binary bool) []string {
 	pubs := make([]string, 0, 1)
 	for _, p := range replsets.Publications() {
@@ -80,13 +85,12 @@ func pluginArgs(serverVersion int, binary bool) []string {
 	args := []string{
 		"proto_version '2'",
 		"publication_names '" + strings.Join(pubs, ",") + "'",
-		"streaming 'on'",
 	}
 	if binary {
 		args = append(args, "binary 'true'")
 	}
 	if serverVersion >= 160000 {
-		args = append(args, "origin 'none'")
+		args = append(args, "streaming 'on'", "origin 'none'")
 	}
 	return args
 }
