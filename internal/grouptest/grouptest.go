@@ -77,6 +77,8 @@ type Options struct {
 	// Net, when set, carries the node's gossip, consensus and member-to-
 	// member traffic, so a test can partition it (in-process bdrd only).
 	Net *Network
+	// Env is added to a subprocess bdrd's environment.
+	Env []string
 }
 
 // SharedToken is a random admin token that every node of this test binary
@@ -248,6 +250,7 @@ func (n *Node) Start() {
 		return
 	}
 	cmd := exec.Command(n.Options.Bdrd, n.Args()...)
+	cmd.Env = append(os.Environ(), n.Options.Env...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -357,7 +360,7 @@ func Join(t testing.TB, n, via *Node) {
 func JoinErr(n, via *Node) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	return n.Client().JoinAndWait(ctx, via.Admin, 50*time.Millisecond, nil)
+	return n.Client().JoinAndWait(ctx, adminapi.JoinRequest{Via: via.Admin}, 50*time.Millisecond, nil)
 }
 
 // Group starts a group of bdrd nodes, one per server, named prefix_a,

@@ -261,9 +261,23 @@ func (s *Server) DropDatabase(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("drop slots of database %s: %w", name, err)
 	}
+	var oid *uint32
+	if err := conn.QueryRow(ctx, `SELECT oid FROM pg_database WHERE datname = $1`, name).Scan(&oid); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
 	sql := "DROP DATABASE IF EXISTS " + pgx.Identifier{name}.Sanitize() + " WITH (FORCE)"
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	if oid == nil {
+		return nil
+	}
+	// Replication origins belong to the cluster, not to a database: bdrd
+	// names those of a database bdr_<its oid>_<peer>. Left behind, they
+	// would use up the server's origin slots (max_replication_slots).
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+		WHERE starts_with(roname, $1)`, fmt.Sprintf("bdr_%d_", *oid)); err != nil {
+		return fmt.Errorf("drop the replication origins of database %s: %w", name, err)
 	}
 	return nil
 }

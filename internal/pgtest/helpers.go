@@ -2,6 +2,9 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -154,14 +157,32 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 			lastErr = err
 		}
 		if time.Now().After(deadline) {
+			took := time.Since(start).Round(time.Millisecond)
+			dump := dumpGoroutines(t)
 			if lastErr != nil {
-				t.Fatalf("timed out after %s waiting for %s (last error: %v)", time.Since(start).Round(time.Millisecond), what, lastErr)
+				t.Fatalf("timed out after %s waiting for %s (last error: %v)%s", took, what, lastErr, dump)
 			}
-			t.Fatalf("timed out after %s waiting for %s", time.Since(start).Round(time.Millisecond), what)
+			t.Fatalf("timed out after %s waiting for %s%s", took, what, dump)
 		}
 		time.Sleep(wait)
 		wait = min(2*wait, 250*time.Millisecond)
 	}
+}
+
+// dumpGoroutines writes the stacks of every goroutine of the test process
+// (in-process bdrd included) to a file, so that a wait that timed out can be
+// explained afterwards; it returns a note naming the file.
+func dumpGoroutines(t testing.TB) string {
+	f, err := os.CreateTemp("", "bdr-goroutines-*.txt")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s at %s\n\n", t.Name(), time.Now().Format(time.RFC3339Nano))
+	if err := pprof.Lookup("goroutine").WriteTo(f, 2); err != nil {
+		return ""
+	}
+	return "; goroutines: " + f.Name()
 }
 
 // Strings runs a query returning one text column on a new connection to dsn
