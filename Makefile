@@ -3,6 +3,7 @@
 #   make demo        three nodes on this machine, replicating (make demo-stop ends it)
 #   make test        lint and the whole test suite against real PostgreSQL servers
 #   make bench-apply apply benchmark: bdrd against PostgreSQL's own logical replication
+#   make bench-join  join under load against pg_dump | pg_restore (pgbench scale 50)
 
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
@@ -12,7 +13,7 @@ BIN         := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_FLAGS  ?= -race -timeout 15m
 
-.PHONY: all build deps test lint unit demo demo-stop bench-apply clean
+.PHONY: all build deps test lint unit demo demo-stop bench-apply bench-join clean
 
 all: build
 
@@ -65,6 +66,9 @@ demo-stop:
 
 bench-apply: build
 	$(BIN)/bdrctl bench apply --bdrd $(BIN)/bdrd
+
+bench-join: build
+	$(BIN)/bdrctl bench join --bdrd $(BIN)/bdrd
 
 clean:
 	rm -rf $(BIN)

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -17,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
 )
 
@@ -201,32 +204,28 @@ func dropOrigin(ctx context.Context, db catalog.DB, name string) error {
 	return nil
 }
 
-// copySchema restores the via node's schema (everything but schema bdr and
-// publications), as of the snapshot, into the local database.
-func copySchema(ctx context.Context, binDir, viaDSN, snapshot, localDSN string) error {
-	dump := exec.CommandContext(ctx, filepath.Join(binDir, "pg_dump"), "--schema-only", "--no-publications",
+// dumpSection returns the SQL of one section of the via node's schema
+// (pre-data or post-data; everything but schema bdr and publications) as of
+// the snapshot. pg_dump's \restrict lines, psql commands, are left out: the
+// SQL runs on a connection of ours.
+func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_dump"), "--section="+section, "--no-publications",
 		"--no-subscriptions", "--exclude-schema="+catalog.Schema, "--snapshot="+snapshot, "--dbname="+viaDSN)
-	restore := exec.CommandContext(ctx, filepath.Join(binDir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-		"--single-transaction", "--dbname="+localDSN)
-	var dumpErr, restoreErr bytes.Buffer
-	dump.Stderr, restore.Stderr = &dumpErr, &restoreErr
-	restore.Stdout = io.Discard
-	pipe, err := dump.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("copy schema: %w", err)
+		return "", fmt.Errorf("copy schema: pg_dump: %v: %s", err, lastLine(stderr.String()))
 	}
-	restore.Stdin = pipe
-	if err := restore.Start(); err != nil {
-		return fmt.Errorf("copy schema: start psql: %w", err)
+	lines := strings.SplitAfter(string(out), "\n")
+	var b strings.Builder
+	for _, l := range lines {
+		if strings.HasPrefix(l, `\restrict `) || strings.HasPrefix(l, `\unrestrict `) {
+			continue
+		}
+		b.WriteString(l)
 	}
-	if err := dump.Run(); err != nil {
-		_ = restore.Wait()
-		return fmt.Errorf("copy schema: pg_dump: %v: %s", err, lastLine(dumpErr.String()))
-	}
-	if err := restore.Wait(); err != nil {
-		return fmt.Errorf("copy schema: psql: %v: %s", err, lastLine(restoreErr.String()))
-	}
-	return nil
+	return b.String(), nil
 }
 
 func lastLine(s string) string {
@@ -234,18 +233,52 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// copyData copies every table's rows and every sequence's value from the
-// via node, as of the snapshot, in one local transaction bound to the via
-// node's origin and stamped with the slot's position: the origin's progress
-// commits with the data (DESIGN rule 1), and the rows carry copyTime.
-func copyData(ctx context.Context, viaDSN, snapshot, localDSN string, stamp copyStamp, progress func(string)) error {
+// copyJob is the copy of the via node's schema and data into the local
+// database.
+type copyJob struct {
+	binDir, viaDSN, snapshot, localDSN string
+	stamp                              copyStamp
+	// replace drops the user objects of the local database first (in the
+	// same transaction).
+	replace  bool
+	phase    func(string)                // a step of the copy
+	progress func(adminapi.CopyProgress) // the row copy, a few times a second
+}
+
+// progressEvery is how often the row copy reports.
+const progressEvery = 250 * time.Millisecond
+
+// copyAll copies schema, rows and sequence values from the via node, as of
+// the snapshot, in ONE local transaction bound to the via node's origin and
+// stamped with the slot's position: the origin's progress commits with the
+// data (DESIGN rule 1), the rows carry copyTime, and a copy that fails
+// leaves the database as it was. Tables are created without their indexes
+// and constraints, which are built after the rows (as pg_restore does).
+// Then rows written shortly before the join get their versions back
+// (restamp).
+func copyAll(ctx context.Context, job copyJob) error {
+	stamp := job.stamp
 	origin, lsn := catalog.OriginName(stamp.localOID, stamp.via), stamp.progress[stamp.via]
-	src, err := pgx.Connect(ctx, viaDSN)
+	job.phase("dumping the schema")
+	var pre, post string
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		pre, err = dumpSection(gctx, job.binDir, job.viaDSN, job.snapshot, "pre-data")
+		return
+	})
+	g.Go(func() (err error) {
+		post, err = dumpSection(gctx, job.binDir, job.viaDSN, job.snapshot, "post-data")
+		return
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	src, err := pgx.Connect(ctx, job.viaDSN)
 	if err != nil {
 		return fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = src.Close(context.Background()) }()
-	dst, err := pgx.Connect(ctx, localDSN)
+	dst, err := pgx.Connect(ctx, job.localDSN)
 	if err != nil {
 		return fmt.Errorf("copy data: %w", err)
 	}
@@ -254,19 +287,15 @@ func copyData(ctx context.Context, viaDSN, snapshot, localDSN string, stamp copy
 	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
 		return fmt.Errorf("copy data: %w", err)
 	}
-	if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
+	if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+job.snapshot+"'"); err != nil {
 		return fmt.Errorf("copy data: use snapshot: %w", err)
 	}
 	tables, err := copyTables(ctx, src)
 	if err != nil {
 		return err
 	}
-	for _, s := range []string{
-		"SET session_replication_role = replica",
-	} {
-		if _, err := dst.Exec(ctx, s); err != nil {
-			return fmt.Errorf("copy data: %w", err)
-		}
+	if _, err := dst.Exec(ctx, "SET session_replication_role = replica"); err != nil {
+		return fmt.Errorf("copy data: %w", err)
 	}
 	if err := setOrigin(ctx, dst, origin, 0); err != nil {
 		return err
@@ -283,15 +312,31 @@ func copyData(ctx context.Context, viaDSN, snapshot, localDSN string, stamp copy
 		lsn.String(), copyTime); err != nil {
 		return fmt.Errorf("copy data: %w", err)
 	}
-	for i, t := range tables {
-		progress(fmt.Sprintf("copying %s (table %d of %d)", t.name, i+1, len(tables)))
-		if err := copyTable(ctx, src.PgConn(), dst.PgConn(), t); err != nil {
+	if job.replace {
+		job.phase("dropping the user objects the database holds (replaced by the group's)")
+		if n, err := dropUserObjects(ctx, tx); err != nil {
 			return err
+		} else if n > 0 {
+			job.phase(fmt.Sprintf("dropped %d user objects; creating tables", n))
 		}
+	}
+	job.phase(fmt.Sprintf("creating %d tables", len(tables)))
+	// pg_dump's SQL sets search_path to '' for the session; every name
+	// below is qualified.
+	if _, err := dst.PgConn().Exec(ctx, pre).ReadAll(); err != nil {
+		return fmt.Errorf("copy schema (tables): %w", err)
+	}
+	if err := copyRows(ctx, src.PgConn(), dst.PgConn(), tables, job); err != nil {
+		return err
 	}
 	if err := copySequences(ctx, src, tx); err != nil {
 		return err
 	}
+	job.phase("building indexes and constraints")
+	if _, err := dst.PgConn().Exec(ctx, post).ReadAll(); err != nil {
+		return fmt.Errorf("copy schema (indexes and constraints): %w", err)
+	}
+	job.phase("committing the copy")
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("copy data: commit: %w", err)
 	}
@@ -300,31 +345,107 @@ func copyData(ctx context.Context, viaDSN, snapshot, localDSN string, stamp copy
 	}
 	created := map[string]bool{}
 	for i, t := range tables {
-		progress(fmt.Sprintf("restamping %s with the versions of its rows (table %d of %d)", t.name, i+1, len(tables)))
+		job.phase(fmt.Sprintf("restamping %s with the versions of its rows (table %d of %d)", t.name, i+1, len(tables)))
 		n, err := restamp(ctx, src, dst, t, stamp, created)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
-			progress(fmt.Sprintf("restamped %d recent versions of %s", n, t.name))
+			job.phase(fmt.Sprintf("restamped %d recent versions of %s", n, t.name))
 		}
 	}
 	return nil
 }
 
+// copyRows copies every table's rows, reporting progress.
+func copyRows(ctx context.Context, src, dst *pgconn.PgConn, tables []tableCopy, job copyJob) error {
+	cp := adminapi.CopyProgress{Started: time.Now(), Tables: make([]adminapi.TableProgress, len(tables))}
+	for i, t := range tables {
+		cp.Tables[i] = adminapi.TableProgress{Name: t.name, EstimatedRows: t.estRows}
+	}
+	var mu sync.Mutex
+	report := func() {
+		mu.Lock()
+		out := cp
+		out.Tables = slices.Clone(cp.Tables)
+		mu.Unlock()
+		out.ETASeconds = eta(out)
+		job.progress(out)
+	}
+	stop := make(chan struct{})
+	ticks := make(chan struct{})
+	go func() {
+		defer close(ticks)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
+	defer func() { close(stop); <-ticks }()
+	for i, t := range tables {
+		count := func(rows, bytes int64) {
+			mu.Lock()
+			cp.Tables[i].Rows += rows
+			cp.Tables[i].Bytes += bytes
+			mu.Unlock()
+		}
+		err := pipeCopy(ctx, src, dst, fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", t.columns, t.name),
+			fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, t.columns), count)
+		if err != nil {
+			return fmt.Errorf("copy table %s: %w", t.name, err)
+		}
+		mu.Lock()
+		cp.Tables[i].Done = true
+		mu.Unlock()
+	}
+	mu.Lock()
+	cp.Done, cp.Finished = true, time.Now()
+	mu.Unlock()
+	report()
+	return nil
+}
+
+// eta estimates the seconds left of the row copy from the rate so far and
+// the via node's row estimates; nil while nothing is known.
+func eta(cp adminapi.CopyProgress) *float64 {
+	var rows, est int64
+	for _, t := range cp.Tables {
+		rows += t.Rows
+		if t.Done {
+			est += t.Rows
+		} else {
+			est += max(t.EstimatedRows, t.Rows)
+		}
+	}
+	elapsed := time.Since(cp.Started).Seconds()
+	if rows == 0 || est == 0 || elapsed < 1 {
+		return nil
+	}
+	left := elapsed * float64(est-rows) / float64(rows)
+	return &left
+}
+
 type tableCopy struct {
 	name    string // quoted schema.table
 	columns string // quoted, comma separated
+	estRows int64  // the via node's estimate, 0 unknown
 }
 
 func copyTables(ctx context.Context, src *pgx.Conn) ([]tableCopy, error) {
-	rows, err := src.Query(ctx, `SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum)
+	rows, err := src.Query(ctx, `SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum),
+			greatest(c.reltuples, 0)::bigint
 		FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		WHERE c.relkind = 'r' AND c.relpersistence = 'p'
 		  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bdr') AND n.nspname NOT LIKE 'pg_toast%'
-		GROUP BY 1, 2 ORDER BY 1, 2`)
+		GROUP BY 1, 2, c.reltuples ORDER BY 1, 2`)
 	if err != nil {
 		return nil, fmt.Errorf("copy data: list tables: %w", err)
 	}
@@ -332,35 +453,31 @@ func copyTables(ctx context.Context, src *pgx.Conn) ([]tableCopy, error) {
 	for rows.Next() {
 		var schema, name string
 		var cols []string
-		if err := rows.Scan(&schema, &name, &cols); err != nil {
+		var est int64
+		if err := rows.Scan(&schema, &name, &cols, &est); err != nil {
 			return nil, fmt.Errorf("copy data: list tables: %w", err)
 		}
 		quoted := make([]string, len(cols))
 		for i, c := range cols {
 			quoted[i] = pgx.Identifier{c}.Sanitize()
 		}
-		out = append(out, tableCopy{name: pgx.Identifier{schema, name}.Sanitize(), columns: strings.Join(quoted, ", ")})
+		out = append(out, tableCopy{name: pgx.Identifier{schema, name}.Sanitize(), columns: strings.Join(quoted, ", "), estRows: est})
 	}
 	return out, rows.Err()
 }
 
-// copyTable streams one table from src to dst with COPY.
-func copyTable(ctx context.Context, src, dst *pgconn.PgConn, t tableCopy) error {
-	err := pipeCopy(ctx, src, dst, fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", t.columns, t.name),
-		fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, t.columns))
-	if err != nil {
-		return fmt.Errorf("copy table %s: %w", t.name, err)
-	}
-	return nil
-}
-
 // pipeCopy streams the output of COPY ... TO STDOUT on src into COPY ...
-// FROM STDIN on dst.
-func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string) error {
+// FROM STDIN on dst; count, when not nil, hears of the rows and bytes
+// going through (text format: a row ends with the only unescaped newline).
+func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string, count func(rows, bytes int64)) error {
 	pr, pw := io.Pipe()
+	var w io.Writer = pw
+	if count != nil {
+		w = countingWriter{w: pw, count: count}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		_, err := src.CopyTo(gctx, pw, out)
+		_, err := src.CopyTo(gctx, w, out)
 		pw.CloseWithError(err)
 		return err
 	})
@@ -370,6 +487,17 @@ func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string) erro
 		return err
 	})
 	return g.Wait()
+}
+
+type countingWriter struct {
+	w     io.Writer
+	count func(rows, bytes int64)
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.count(int64(bytes.Count(p[:n], []byte{'\n'})), int64(n))
+	return n, err
 }
 
 // copySequences sets every local sequence to the via node's value.

@@ -93,6 +93,15 @@ func (s *groupState) apply(c command) applyResult {
 		n.ID, n.Since, n.Reason = s.NextID, c.At, ""
 		if n.State != catalog.StateActive {
 			n.State = catalog.StateJoining
+			// One join at a time: a joiner learns the members when it is
+			// admitted and takes its snapshot from one of them, which
+			// another joiner's data would not be part of yet.
+			for _, o := range s.sorted() {
+				if o.State == catalog.StateJoining {
+					return applyResult{Err: fmt.Errorf("node %q (id %d) is joining the group; one join at a time: join %s once it is ready (or part it if its join was abandoned)",
+						o.Name, o.ID, name)}
+				}
+			}
 		}
 		s.NextID++
 		s.Nodes[name] = n

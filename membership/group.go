@@ -24,10 +24,15 @@ const electionWait = 4 * time.Second
 // minority side of a partition, or no group) it fails with a clear reason
 // after waiting electionWait for one.
 func (s *Service) propose(ctx context.Context, cmd command) (groupNode, error) {
+	return s.proposeWithin(ctx, cmd, electionWait)
+}
+
+// proposeWithin is propose waiting up to wait for a reachable leader.
+func (s *Service) proposeWithin(ctx context.Context, cmd command, wait time.Duration) (groupNode, error) {
 	if cmd.At.IsZero() {
 		cmd.At = time.Now()
 	}
-	deadline := time.Now().Add(electionWait)
+	deadline := time.Now().Add(wait)
 	for {
 		n, retry, err := s.proposeOnce(ctx, cmd)
 		if !retry || time.Now().After(deadline) {
@@ -173,6 +178,19 @@ func (s *Service) reconcileLocked(ctx context.Context) error {
 	for _, n := range before {
 		was[n.ID] = n
 	}
+	// The group's state keeps the newest node of each name: a row here of
+	// an earlier node of that name (parted, then admitted again) is history.
+	inGroup := map[int32]bool{}
+	for _, n := range st.Nodes {
+		inGroup[n.ID] = true
+	}
+	for _, n := range before {
+		if !inGroup[n.ID] && n.State != catalog.StateParted {
+			if err := catalog.SetNodeState(ctx, s.pool, n.ID, catalog.StateParted); err != nil {
+				return err
+			}
+		}
+	}
 	var parted []groupNode
 	for _, n := range st.sorted() {
 		row := catalog.Node{ID: n.ID, Name: n.Name, State: n.State, IsLocal: n.Name == s.cfg.NodeName,
@@ -193,6 +211,14 @@ func (s *Service) reconcileLocked(ctx context.Context) error {
 	}
 	for _, n := range parted {
 		if n.Name == s.cfg.NodeName {
+			if n.ID != s.getSelfID() {
+				// An earlier incarnation of this node, seen while
+				// consensus replays the group's history.
+				if err := catalog.SetNodeState(ctx, s.pool, n.ID, catalog.StateParted); err != nil {
+					return err
+				}
+				continue
+			}
 			s.log.Info("this node was parted from the group", "reason", n.Reason)
 			return s.leaveLocked(ctx)
 		}
@@ -281,14 +307,12 @@ func (s *Service) leaveLocked(ctx context.Context) error {
 	if _, err := s.pool.Exec(ctx, `UPDATE bdr.nodes SET state = 'parted', state_changed_at = now() WHERE state <> 'parted'`); err != nil {
 		return fmt.Errorf("leave: %w", err)
 	}
-	for _, key := range []string{state.KeyIdentity, state.KeyJoin} {
-		if err := s.store.Delete(key); err != nil {
-			return err
-		}
+	// The last join's report stays: a join that failed and was undone
+	// reports its failure until the next one.
+	if err := s.store.Delete(state.KeyIdentity); err != nil {
+		return err
 	}
-	s.jmu.Lock()
-	s.join = nil
-	s.jmu.Unlock()
+	s.setSelfID(0)
 	// Consensus runs on its own goroutines, never in here: stopping it is
 	// safe. The group key and the consensus state go: a later join starts
 	// afresh.

@@ -18,11 +18,24 @@ import (
 	"github.com/bdr-dev/bdr/replsets"
 )
 
+// activateWait is how long a join that copied its data waits for a leader
+// to make it active.
+const activateWait = time.Minute
+
 // joinTask is an admitted join, handed to Run.
 type joinTask struct {
 	via     adminapi.Info
 	id      int32
 	members []adminapi.Node
+	replace bool // drop the user objects of the local database first
+}
+
+// copiedMark records that a join began copying the group's data into the
+// local database (state.KeyCopied): until that join succeeds, what the
+// database holds is a copy a later join may replace without --force.
+type copiedMark struct {
+	Via string    `json:"via"`
+	At  time.Time `json:"at"`
 }
 
 // Join checks that this node can join through r.Via, has it admitted, and
@@ -34,13 +47,19 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if self, ok, err := s.local(ctx); err != nil {
-		return adminapi.JoinProgress{}, err
-	} else if ok {
-		return adminapi.JoinProgress{}, adminapi.Conflict("node %s is already a member of a group (node id %d, %s)", self.Name, self.ID, self.State)
-	}
 	if s.joining() {
 		return adminapi.JoinProgress{}, adminapi.Conflict("node %s is already joining", s.cfg.NodeName)
+	}
+	if self, ok, err := s.local(ctx); err != nil {
+		return adminapi.JoinProgress{}, err
+	} else if ok && self.State == catalog.StateJoining {
+		// A join that bdrd did not finish (it restarted, or its undo
+		// failed): undo it, then join afresh.
+		if err := s.undoStaleJoin(ctx); err != nil {
+			return adminapi.JoinProgress{}, adminapi.Unavailable("node %s is half-joined and undoing that failed: %v", s.cfg.NodeName, err)
+		}
+	} else if ok {
+		return adminapi.JoinProgress{}, adminapi.Conflict("node %s is already a member of a group (node id %d, %s)", self.Name, self.ID, self.State)
 	}
 	// The operator's token, valid on the via node too, admits us; after
 	// that the group key's internal token serves.
@@ -59,11 +78,20 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 	if via.State != catalog.StateActive {
 		return adminapi.JoinProgress{}, adminapi.Conflict("node %s at %s is not an active member of a group (%s)", via.Name, r.Via, via.State)
 	}
-	if tables, err := userTables(ctx, s.pool); err != nil {
+	tables, err := userTables(ctx, s.pool)
+	if err != nil {
 		return adminapi.JoinProgress{}, err
-	} else if len(tables) > 0 {
-		return adminapi.JoinProgress{}, adminapi.Conflict("the database of node %s already holds user tables (%s); a joining node needs an empty database",
-			s.cfg.NodeName, strings.Join(tables, ", "))
+	}
+	replace, why := r.Force, "--force"
+	if len(tables) > 0 && !replace {
+		if why, err = s.replaceable(ctx); err != nil {
+			return adminapi.JoinProgress{}, err
+		}
+		if why == "" {
+			return adminapi.JoinProgress{}, adminapi.Conflict("the database of node %s already holds user tables (%s); a joining node needs an empty database (--force replaces them with the group's)",
+				s.cfg.NodeName, strings.Join(tables, ", "))
+		}
+		replace = true
 	}
 	admit, err := viaClient.Admit(ctx, adminapi.AdmitRequest{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN,
 		AdminAddr: s.cfg.AdminAddr, GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr()})
@@ -77,6 +105,7 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 	if err := groupkey.Write(s.cfg.KeyFile, key); err != nil {
 		return adminapi.JoinProgress{}, err
 	}
+	s.setSelfID(admit.NodeID)
 	var seeds []string
 	for _, m := range admit.Members {
 		seeds = append(seeds, m.GossipAddr)
@@ -85,11 +114,97 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 		return adminapi.JoinProgress{}, err
 	}
 	now := time.Now()
-	jp := adminapi.JoinProgress{Phase: adminapi.PhaseAdmitted, Started: now, Updated: now,
-		Message: fmt.Sprintf("admitted as node %d through %s", admit.NodeID, via.Name)}
+	msg := fmt.Sprintf("admitted as node %d through %s", admit.NodeID, via.Name)
+	if len(tables) > 0 {
+		msg += fmt.Sprintf("; the user tables here (%s) will be replaced by the group's (%s)", strings.Join(tables, ", "), why)
+	}
+	jp := adminapi.JoinProgress{Phase: adminapi.PhaseAdmitted, Started: now, Updated: now, Message: msg}
+	t := joinTask{via: via, id: admit.NodeID, members: admit.Members, replace: replace}
+	if err := s.store.Put(state.KeyJoinTask, t.record()); err != nil {
+		return adminapi.JoinProgress{}, err
+	}
 	s.setJoin(jp)
-	s.tasks <- joinTask{via: via, id: admit.NodeID, members: admit.Members}
+	s.tasks <- t
 	return jp, nil
+}
+
+// replaceable says why the user tables of the local database may be
+// replaced by the group's without --force: a join began copying them, or
+// this node was a member (a parted node rejoins). "" when neither holds.
+func (s *Service) replaceable(ctx context.Context) (string, error) {
+	var mark copiedMark
+	if ok, err := s.store.Get(state.KeyCopied, &mark); err != nil {
+		return "", err
+	} else if ok {
+		return fmt.Sprintf("copied from %s by a join that did not finish, %s", mark.Via, mark.At.Format(time.RFC3339)), nil
+	}
+	var name string
+	var at time.Time
+	err := s.pool.QueryRow(ctx, `SELECT node_name, state_changed_at FROM bdr.nodes
+		WHERE is_local AND state = 'parted' ORDER BY state_changed_at DESC LIMIT 1`).Scan(&name, &at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read local node: %w", err)
+	}
+	return fmt.Sprintf("left from when this database was member %s, parted %s", name, at.Format(time.RFC3339)), nil
+}
+
+// joinRecord is a join task as kept in the state store (state.KeyJoinTask),
+// so that a join bdrd did not finish can be undone after a restart.
+type joinRecord struct {
+	Via     adminapi.Info   `json:"via"`
+	ID      int32           `json:"id"`
+	Members []adminapi.Node `json:"members"`
+}
+
+func (t joinTask) record() joinRecord { return joinRecord{Via: t.via, ID: t.id, Members: t.members} }
+
+// undoStaleJoin undoes a join that this bdrd began and did not finish: the
+// group parts this node, every member drops what it made for it, and the
+// local catalog, consensus state and key go. The data a copy committed
+// stays until the next join replaces it (state.KeyCopied).
+func (s *Service) undoStaleJoin(ctx context.Context) error {
+	var rec joinRecord
+	if ok, err := s.store.Get(state.KeyJoinTask, &rec); err != nil {
+		return err
+	} else if !ok {
+		// Admitted by an older bdrd: the members are in the catalog.
+		nodes, err := catalog.Nodes(ctx, s.pool)
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if !n.IsLocal && n.Current() {
+				rec.Members = append(rec.Members, toAPI(n))
+			}
+		}
+	}
+	s.log.Info("undoing a join bdrd did not finish")
+	if rec.ID != 0 {
+		s.setSelfID(rec.ID)
+	}
+	if cons, _, _ := s.group(); cons == nil {
+		// bdrd stopped before it recorded its identity: follow the group
+		// again, to take part in the decision and to be let in by members.
+		key, ok, err := groupkey.Read(s.cfg.KeyFile)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("the group key of the half-joined node is missing (%s): run bdrctl part %s on a member", s.cfg.KeyFile, s.cfg.NodeName)
+		}
+		var seeds []string
+		for _, m := range rec.Members {
+			seeds = append(seeds, m.GossipAddr)
+		}
+		if err := s.startGroup(key, false, seeds); err != nil {
+			return err
+		}
+	}
+	j := &joiner{s: s, task: joinTask{via: rec.Via, id: rec.ID, members: rec.Members}, remoteSlots: rec.Members}
+	return j.undoLocked(ctx)
 }
 
 // userTables lists up to five tables outside the system schemas and bdr.
@@ -138,9 +253,13 @@ func (s *Service) joinState() adminapi.JoinProgress {
 
 func (s *Service) phase(phase, format string, args ...any) {
 	jp := s.joinState()
+	changed := jp.Phase != phase
 	jp.Phase, jp.Message = phase, fmt.Sprintf(format, args...)
 	s.setJoin(jp)
 	s.log.Info("join", "phase", phase, "detail", jp.Message)
+	if changed && s.cfg.JoinStepDelay > 0 {
+		time.Sleep(s.cfg.JoinStepDelay)
+	}
 }
 
 // runJoin carries out an admitted join; on failure it undoes what it did.
@@ -151,6 +270,11 @@ func (s *Service) runJoin(ctx context.Context, t joinTask) {
 		jp := s.joinState()
 		jp.Phase, jp.Done, jp.Message = adminapi.PhaseReady, true, fmt.Sprintf("node %s (id %d) is a member of the group", s.cfg.NodeName, t.id)
 		s.setJoin(jp)
+		for _, key := range []string{state.KeyJoinTask, state.KeyCopied} {
+			if err := s.store.Delete(key); err != nil {
+				s.log.Warn("forget the finished join", "err", err)
+			}
+		}
 		s.log.Info("joined the group", "node_id", t.id)
 		return
 	}
@@ -171,7 +295,6 @@ type joiner struct {
 	task joinTask
 	// what was created, for undo
 	remoteSlots []adminapi.Node // members holding slot bdr_<self>
-	copied      bool
 }
 
 func (j *joiner) run(ctx context.Context) error {
@@ -234,19 +357,26 @@ func (j *joiner) run(ctx context.Context) error {
 	j.remoteSlots = append(j.remoteSlots, j.viaNode())
 
 	// 4. Copy schema and data under that snapshot.
-	s.phase(adminapi.PhaseCopying, "copying schema from %s", via.Name)
+	s.phase(adminapi.PhaseCopying, "copying from %s", via.Name)
 	viaDSN := j.viaNode().PublicDSN
-	if err := copySchema(ctx, s.cfg.PGBinDir, viaDSN, snap.name, s.cfg.DSN); err != nil {
-		return err
-	}
-	j.copied = true
 	stamp := copyStamp{localOID: s.dbOID, via: via.Name, viaOID: snap.viaOID, progress: map[string]pglogrepl.LSN{via.Name: snap.lsn},
 		after: slotsAt.Add(-restampMargin)}
 	for name, lsn := range snap.progress {
 		stamp.progress[name] = lsn
 	}
-	err = copyData(ctx, viaDSN, snap.name, s.cfg.DSN, stamp,
-		func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) })
+	// From here on the database may hold the group's data: a later join
+	// may replace it (see Join).
+	if err := s.store.Put(state.KeyCopied, copiedMark{Via: via.Name, At: time.Now()}); err != nil {
+		return err
+	}
+	err = copyAll(ctx, copyJob{binDir: s.cfg.PGBinDir, viaDSN: viaDSN, snapshot: snap.name, localDSN: s.cfg.DSN,
+		stamp: stamp, replace: j.task.replace,
+		phase: func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) },
+		progress: func(cp adminapi.CopyProgress) {
+			jp := s.joinState()
+			jp.Copy = &cp
+			s.setJoin(jp)
+		}})
 	if err != nil {
 		return err
 	}
@@ -261,7 +391,8 @@ func (j *joiner) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := s.propose(ctx, command{Op: opActivate, Node: groupNode{Name: s.cfg.NodeName}}); err != nil {
+	// The copy is done: worth waiting out an election for.
+	if _, err := s.proposeWithin(ctx, command{Op: opActivate, Node: groupNode{Name: s.cfg.NodeName}}, activateWait); err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
 	if err := j.waitActive(ctx); err != nil {
@@ -310,30 +441,63 @@ func (j *joiner) waitCaughtUp(ctx context.Context) error {
 // origins, catalog rows, consensus state and key go. Data already copied
 // stays (it is reported).
 func (j *joiner) undo(ctx context.Context) error {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	return j.undoLocked(ctx)
+}
+
+// undoLocked is undo with s.mu held. Until the group has parted this node
+// nothing local goes (a later bdrctl join retries the undo); after that,
+// every member drops what it holds for the node by itself (its reconcile
+// retries until it can), and the slots made for this join are dropped here
+// too where reachable.
+func (j *joiner) undoLocked(ctx context.Context) error {
 	s := j.s
-	var errs []error
-	_ = s.client(j.task.via.AdminAddr).Resume(ctx)
-	if _, err := s.part(ctx, s.cfg.NodeName, "join failed"); err != nil && !isNotFound(err) {
-		errs = append(errs, fmt.Errorf("part the half-joined node: %w", err))
+	if j.task.via.AdminAddr != "" {
+		_ = s.client(j.task.via.AdminAddr).Resume(ctx) // else the pause lease ends it
+	}
+	if err := s.partSelf(ctx, j.task.members, "join failed"); err != nil {
+		return fmt.Errorf("the group could not part the half-joined node (run bdrctl join again, or bdrctl part %s on a member): %w", s.cfg.NodeName, err)
 	}
 	for _, m := range j.remoteSlots {
 		if err := dropSlot(ctx, m.PublicDSN, s.cfg.NodeName); err != nil {
-			errs = append(errs, fmt.Errorf("on %s: %w", m.Name, err))
+			s.log.Info("could not drop our slot on a member; it drops it as the group parted us", "member", m.Name, "err", err)
 		}
 	}
-	s.mu.Lock()
-	err := s.leaveLocked(ctx)
-	s.mu.Unlock()
-	if err != nil {
-		errs = append(errs, err)
+	if err := s.leaveLocked(ctx); err != nil {
+		return err
 	}
 	if _, err := s.pool.Exec(ctx, `DELETE FROM bdr.nodes`); err != nil {
-		errs = append(errs, err)
+		return err
 	}
-	if j.copied {
-		errs = append(errs, errors.New("the schema and data copied so far remain in the local database; recreate it empty before joining again"))
+	return s.store.Delete(state.KeyJoinTask)
+}
+
+// partSelf has the group part this node: through consensus when it runs
+// here, else through whichever member leads.
+func (s *Service) partSelf(ctx context.Context, members []adminapi.Node, reason string) error {
+	var last error
+	if cons, _, _ := s.group(); cons != nil {
+		_, err := s.part(ctx, s.cfg.NodeName, reason)
+		if err == nil || isNotFound(err) {
+			return nil
+		}
+		last = err
 	}
-	return errors.Join(errs...)
+	for _, m := range members {
+		if m.Name == s.cfg.NodeName {
+			continue
+		}
+		_, err := s.client(m.AdminAddr).Propose(ctx, adminapi.ProposeRequest{Op: opPart, Node: adminapi.Node{Name: s.cfg.NodeName}, Reason: reason})
+		if err == nil || isNotFound(err) {
+			return nil
+		}
+		last = err
+	}
+	if last == nil {
+		last = errors.New("no member to ask")
+	}
+	return last
 }
 
 // waitAdmitted waits until the consensus log reached this node with its

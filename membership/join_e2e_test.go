@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/grouptest"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 	"github.com/bdr-dev/bdr/internal/pgtest"
@@ -19,47 +21,103 @@ import (
 // load is write traffic on a group: pgbench TPC-B on every node and an
 // insert-only writer per node that remembers which of its rows committed.
 type load struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	acked  map[string]int64 // per node: rows 1..acked[node] committed
-	errs   []error
+	ctx           context.Context
+	cancel        context.CancelFunc
+	clients, rate int
+	wg            sync.WaitGroup
+	mu            sync.Mutex
+	acked         map[string]int64 // per node: rows 1..acked[node] committed
+	errs          []error
 }
 
 // startLoad starts pgbench (clients per node) and an insert-only writer on
-// each node; table ins must exist.
-func startLoad(t *testing.T, nodes []*grouptest.Node, clients int) *load {
+// each node; table ins must exist. With rate > 0, pgbench runs at most rate
+// transactions a second per node, and so does the writer. On the nodes in
+// restarts (whose PostgreSQL the test restarts) pgbench starts again after
+// a failure and the writer reconnects and retries.
+func startLoad(t *testing.T, nodes []*grouptest.Node, clients, rate int, restarts ...*grouptest.Node) *load {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{cancel: cancel, acked: map[string]int64{}}
+	l := &load{ctx: ctx, cancel: cancel, clients: clients, rate: rate, acked: map[string]int64{}}
 	for _, n := range nodes {
-		l.wg.Go(func() {
-			cmd := n.Server.Command(ctx, "pgbench", "-n", "-c", fmt.Sprint(clients), "-T", "600", n.DB)
-			if out, err := cmd.CombinedOutput(); err != nil && ctx.Err() == nil {
-				l.fail(fmt.Errorf("pgbench on %s: %v\n%s", n.Name, err, out))
-			}
-		})
-		l.wg.Go(func() {
-			conn, err := pgx.Connect(ctx, n.DSN)
-			if err != nil {
-				l.fail(err)
-				return
-			}
-			defer conn.Close(context.Background())
-			for seq := int64(1); ctx.Err() == nil; seq++ {
-				if _, err := conn.Exec(ctx, `INSERT INTO ins (node, seq) VALUES ($1, $2)`, n.Name, seq); err != nil {
-					if ctx.Err() == nil {
-						l.fail(fmt.Errorf("insert on %s: %w", n.Name, err))
-					}
-					return
-				}
-				l.mu.Lock()
-				l.acked[n.Name] = seq
-				l.mu.Unlock()
-			}
-		})
+		l.add(n, slices.Contains(restarts, n))
 	}
 	t.Cleanup(l.stop)
 	return l
+}
+
+// loadTables creates the tables of the load on the first node: pgbench's
+// (scale 1) and ins.
+func loadTables(t *testing.T, first *grouptest.Node) {
+	t.Helper()
+	first.Exec(`CREATE TABLE ins (node text, seq bigint, at timestamptz DEFAULT now(), PRIMARY KEY (node, seq))`)
+	cmd := first.Server.Command(context.Background(), "pgbench", "-i", "-q", "-s", "1", first.DB)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+}
+
+// add starts the load on one more node.
+func (l *load) add(n *grouptest.Node, restarted bool) {
+	ctx, rate := l.ctx, l.rate
+	l.wg.Go(func() {
+		args := []string{"-n", "-c", fmt.Sprint(l.clients), "-T", "600"}
+		if rate > 0 {
+			args = append(args, "-R", fmt.Sprint(rate))
+		}
+		for ctx.Err() == nil {
+			cmd := n.Server.Command(ctx, "pgbench", append(args, n.DB)...)
+			out, err := cmd.CombinedOutput()
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			if !restarted {
+				l.fail(fmt.Errorf("pgbench on %s: %v\n%s", n.Name, err, out))
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+	l.wg.Go(func() {
+		var conn *pgx.Conn
+		defer func() {
+			if conn != nil {
+				conn.Close(context.Background())
+			}
+		}()
+		for seq := int64(1); ctx.Err() == nil; {
+			if rate > 0 {
+				time.Sleep(time.Second / time.Duration(rate))
+			}
+			var err error
+			if conn == nil {
+				conn, err = pgx.Connect(ctx, n.DSN)
+			}
+			if err == nil {
+				// A retry after a lost connection may find the row
+				// committed: it is then acknowledged.
+				_, err = conn.Exec(ctx, `INSERT INTO ins (node, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING`, n.Name, seq)
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				if !restarted {
+					l.fail(fmt.Errorf("insert on %s: %w", n.Name, err))
+					return
+				}
+				if conn != nil {
+					conn.Close(context.Background())
+					conn = nil
+				}
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			l.mu.Lock()
+			l.acked[n.Name] = seq
+			l.mu.Unlock()
+			seq++
+		}
+	})
 }
 
 func (l *load) fail(err error) {
@@ -95,30 +153,39 @@ func (l *load) checkInserts(t *testing.T, nodes []*grouptest.Node) {
 	}
 }
 
-// TestJoinUnderLoad joins a fourth node, through a member that is not the
-// first, while pgbench and insert-only writers run on every member the
-// whole time; afterwards all four are identical and no acknowledged row is
-// missing anywhere.
+// joinLoadRate is the pgbench rate per member (and the insert rate of its
+// writer) in the join tests: what a group of five on this 2-core machine
+// applies on every node while it also copies a joiner's data.
+const joinLoadRate = 40
+
+// TestJoinUnderLoad grows a group from one node to five while pgbench (8
+// clients) and an insert-only writer run on every member the whole time;
+// each node joins through a different member (the 2nd through the 1st, then
+// through the 2nd, the 2nd again and the 3rd). Afterwards all five are
+// identical and no acknowledged row is missing or doubled anywhere: changes
+// that a member committed before a joiner's snapshot and the via node had
+// not applied yet are neither lost nor applied twice.
 func TestJoinUnderLoad(t *testing.T) {
 	t.Parallel()
 	s := []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1), pgtest.Shared(t, 2)}
 	opts := grouptest.Options{Bdrd: bdrdBinary}
-	nodes := grouptest.Group(t, s, "jl", opts, func(first *grouptest.Node) {
-		first.Exec(`CREATE TABLE ins (node text, seq bigint, at timestamptz DEFAULT now(), PRIMARY KEY (node, seq))`)
-		cmd := first.Server.Command(context.Background(), "pgbench", "-i", "-q", "-s", "1", first.DB)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("pgbench -i: %v\n%s", err, out)
-		}
-	})
-	joiner := grouptest.NewNode(t, s[0], pgtest.UniqueName(t, "jld"), opts)
-	t.Cleanup(joiner.Stop)
-
-	l := startLoad(t, nodes, 2)
-	time.Sleep(3 * time.Second)
-	start := time.Now()
-	grouptest.Join(t, joiner, nodes[1])
-	t.Logf("joined under load in %s", time.Since(start).Round(10*time.Millisecond))
-	if b, err := os.ReadFile(joiner.LogPath); err == nil {
+	first := grouptest.NewNode(t, s[0], pgtest.UniqueName(t, "jl"), opts)
+	t.Cleanup(first.Stop)
+	grouptest.Init(t, first)
+	loadTables(t, first)
+	members := []*grouptest.Node{first}
+	l := startLoad(t, members, 8, joinLoadRate)
+	for i, via := range []int{0, 1, 1, 2} {
+		n := grouptest.NewNode(t, s[(i+1)%len(s)], pgtest.UniqueName(t, "jl"), opts)
+		t.Cleanup(n.Stop)
+		time.Sleep(2 * time.Second)
+		start := time.Now()
+		grouptest.Join(t, n, members[via])
+		t.Logf("node %d (%s) joined through %s under load in %s", i+2, n.Name, members[via].Name, time.Since(start).Round(10*time.Millisecond))
+		members = append(members, n)
+		l.add(n, false)
+	}
+	if b, err := os.ReadFile(members[len(members)-1].LogPath); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, "msg=join ") && !strings.Contains(line, "catching up:") {
 				t.Log(line)
@@ -126,15 +193,151 @@ func TestJoinUnderLoad(t *testing.T) {
 		}
 	}
 	time.Sleep(3 * time.Second)
+	l.stopAndCheck(t)
+	grouptest.WaitQuiet(t, members, 3*time.Minute)
+	grouptest.AssertConverged(t, members)
+	l.checkInserts(t, members)
+	for w, n := range l.acked {
+		t.Logf("%s: %d inserts acknowledged", w, n)
+	}
+}
+
+// TestJoinFailures kills, in each phase of a join, the joiner's bdrd, the
+// via node's bdrd or the via node's PostgreSQL, under write load. Each time
+// the group keeps working, the join either fails and is undone or finishes,
+// and nothing of a half-joined node is left anywhere; joining again (into
+// the same database) succeeds. The joined node is then parted while live,
+// leaves no trace, rejoins into its old database and converges.
+func TestJoinFailures(t *testing.T) {
+	t.Parallel()
+	via := pgtest.Private(t, pgcluster.Options{})
+	s := []*pgcluster.Server{pgtest.Shared(t, 0), via, pgtest.Shared(t, 1)}
+	opts := grouptest.Options{Bdrd: bdrdBinary}
+	nodes := grouptest.Group(t, s, "jf", opts, func(first *grouptest.Node) { loadTables(t, first) })
+	viaNode := nodes[1]
+	jopts := opts
+	jopts.Env = []string{"BDRD_TEST_JOIN_STEP_DELAY=1500ms"}
+	joiner := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "jfx"), jopts)
+	t.Cleanup(joiner.Stop)
+	l := startLoad(t, nodes, 2, 50, viaNode)
+	ctx := context.Background()
+
+	type fault struct {
+		phase, victim string
+	}
+	faults := []fault{
+		{adminapi.PhaseSlots, "joiner"},
+		{adminapi.PhaseSnapshot, "joiner"},
+		{adminapi.PhaseCopying, "joiner"},
+		{adminapi.PhaseStreams, "joiner"},
+		{adminapi.PhaseSnapshot, "via bdrd"},
+		{adminapi.PhaseCopying, "via postgres"},
+	}
+	for _, f := range faults {
+		start := time.Now()
+		if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: viaNode.Admin}); err != nil {
+			t.Fatalf("start a join to kill the %s in phase %q: %v", f.victim, f.phase, err)
+		}
+		pgtest.WaitFor(t, time.Minute, "the join to reach phase "+f.phase, func() (bool, error) {
+			jp, err := joiner.Client().JoinProgress(ctx)
+			if jp.Done {
+				return false, fmt.Errorf("the join ended (%s %s) before phase %s", jp.Phase, jp.Error, f.phase)
+			}
+			return jp.Phase == f.phase, err
+		})
+		switch f.victim {
+		case "joiner":
+			joiner.Kill()
+			joiner.Start()
+		case "via bdrd":
+			viaNode.Kill()
+			time.Sleep(time.Second)
+			viaNode.Start()
+		case "via postgres":
+			if err := via.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			if err := via.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var jp adminapi.JoinProgress
+		pgtest.WaitFor(t, 2*time.Minute, "the join to end", func() (bool, error) {
+			var err error
+			jp, err = joiner.Client().JoinProgress(ctx)
+			return jp.Done, err
+		})
+		t.Logf("killed the %s in phase %q: join %s %s (%s)", f.victim, f.phase, jp.Phase, jp.Error, time.Since(start).Round(100*time.Millisecond))
+		if jp.Error == "" {
+			// It finished despite the fault: part it for the next round.
+			if _, err := nodes[0].Client().Part(ctx, joiner.Name); err != nil {
+				t.Fatalf("part %s: %v", joiner.Name, err)
+			}
+		}
+		waitNoTrace(t, joiner, nodes)
+	}
+
+	start := time.Now()
+	grouptest.Join(t, joiner, viaNode)
+	t.Logf("joined in %s", time.Since(start).Round(100*time.Millisecond))
+	all := append(slices.Clone(nodes), joiner)
+	grouptest.WaitQuiet(t, all, 3*time.Minute) // under load
+
+	// Part the live node: it leaves no trace, and writes go on.
+	res, err := nodes[2].Client().Part(ctx, joiner.Name)
+	if err != nil {
+		t.Fatalf("part %s: %v", joiner.Name, err)
+	}
+	t.Logf("parted %s: done on %v, unreachable %v", joiner.Name, res.Done, res.Unreachable)
+	waitNoTrace(t, joiner, nodes)
+	if st := joiner.QueryText(`SELECT string_agg(DISTINCT state, ',') FROM bdr.nodes WHERE is_local`); st != "parted" {
+		t.Errorf("%s sees itself %q; want parted", joiner.Name, st)
+	}
+	for _, n := range nodes {
+		if st := n.QueryText(`SELECT state FROM bdr.nodes WHERE node_name = $1 ORDER BY node_id DESC LIMIT 1`, joiner.Name); st != "parted" {
+			t.Errorf("%s shows %s %q; want parted", n.Name, joiner.Name, st)
+		}
+	}
+
+	// It rejoins into its old database, which holds the old data.
+	start = time.Now()
+	grouptest.Join(t, joiner, nodes[2])
+	t.Logf("rejoined into its old database in %s", time.Since(start).Round(100*time.Millisecond))
+	l.stopAndCheck(t)
+	grouptest.WaitQuiet(t, all, 3*time.Minute)
+	grouptest.AssertConverged(t, all)
+	l.checkInserts(t, all)
+}
+
+// stopAndCheck stops the load and fails the test on its errors.
+func (l *load) stopAndCheck(t *testing.T) {
+	t.Helper()
 	l.stop()
 	if err := l.err(); err != nil {
 		t.Fatal(err)
 	}
-	all := append(nodes, joiner)
-	grouptest.WaitQuiet(t, all, 3*time.Minute)
-	grouptest.AssertConverged(t, all)
-	l.checkInserts(t, all)
-	for w, n := range l.acked {
-		t.Logf("%s: %d inserts acknowledged", w, n)
+}
+
+// waitNoTrace waits until no member holds a slot or an origin for node
+// and the node itself holds none and is no member.
+func waitNoTrace(t *testing.T, node *grouptest.Node, members []*grouptest.Node) {
+	t.Helper()
+	for _, m := range members {
+		pgtest.WaitFor(t, time.Minute, m.Name+" to have parted "+node.Name+" and dropped its slot and origin", func() (bool, error) {
+			n := m.QueryInt(`SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = bdr.repl_name($1))
+				+ (SELECT count(*) FROM pg_catalog.pg_replication_origin WHERE roname = bdr.repl_name($1))
+				+ (SELECT count(*) FROM bdr.nodes WHERE node_name = $1 AND state <> 'parted')`, node.Name)
+			return n == 0, nil
+		})
+	}
+	pgtest.WaitFor(t, time.Minute, node.Name+" to hold no slot, origin or membership", func() (bool, error) {
+		n := node.QueryInt(`SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE database = pg_catalog.current_database())
+			+ (SELECT count(*) FROM pg_catalog.pg_replication_origin WHERE pg_catalog.starts_with(roname, bdr.repl_name('')))
+			+ (SELECT count(*) FROM bdr.nodes WHERE state <> 'parted')`)
+		return n == 0, nil
+	})
+	if _, err := node.Client().Info(context.Background()); err != nil {
+		t.Fatalf("%s: %v", node.Name, err)
 	}
 }

@@ -94,7 +94,7 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 			CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) AS c
 			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = c.roident
 			WHERE c.timestamp >= pg_catalog.current_setting('bdr.restamp_after')::timestamptz) TO STDOUT`, prefixed("t.", cols), t.name),
-		fmt.Sprintf(`COPY pg_temp.bdr_versions (%s, via_origin, ts) FROM STDIN`, keyList))
+		fmt.Sprintf(`COPY pg_temp.bdr_versions (%s, via_origin, ts) FROM STDIN`, keyList), nil)
 	if err != nil {
 		return 0, fmt.Errorf("restamp %s: read versions: %w", t.name, err)
 	}

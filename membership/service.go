@@ -54,9 +54,12 @@ type Config struct {
 	DSN       string // local PostgreSQL, the replicated database
 	PublicDSN string // how peers reach the local PostgreSQL
 	AdminAddr string // how peers reach this bdrd's admin API
-	PGBinDir  string // where pg_dump and psql are, for the join's schema copy
-	Version   string
-	DataDir   string // raft state lives in DataDir/raft
+	PGBinDir  string // where pg_dump is, for the join's schema copy
+	// JoinStepDelay, for tests only, makes a join linger at the start of
+	// each phase.
+	JoinStepDelay time.Duration
+	Version       string
+	DataDir       string // raft state lives in DataDir/raft
 
 	GossipListen    string // host:port, TCP and UDP
 	GossipAdvertise string // "" = GossipListen
@@ -138,6 +141,12 @@ type Service struct {
 
 	jmu  sync.Mutex
 	join *adminapi.JoinProgress
+	// staleJoin: bdrd restarted in the middle of a join, which Run undoes.
+	staleJoin bool
+	// selfID is this node's id in the group (gmu), 0 when not a member:
+	// a parted node of the same name with another id is an earlier
+	// incarnation, not this node.
+	selfID int32
 }
 
 var _ adminapi.Backend = (*Service)(nil)
@@ -166,9 +175,10 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 		return nil, err
 	} else if ok {
 		if !jp.Done {
-			// bdrd stopped in the middle of a join; it does not resume by itself.
+			// bdrd stopped in the middle of a join: Run undoes it.
 			jp.Phase, jp.Done = adminapi.PhaseFailed, true
-			jp.Error = "bdrd restarted during the join; run bdrctl join again"
+			jp.Error = "bdrd restarted during the join, which is undone; run bdrctl join again"
+			s.staleJoin = true
 		}
 		s.join = &jp
 	}
@@ -187,6 +197,25 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { s.reconcileLoop(ctx); return nil })
 	g.Go(func() error { s.livenessLoop(ctx); return nil })
 	g.Go(func() error { s.walBudgetLoop(ctx); return nil })
+	if s.staleJoin {
+		g.Go(func() error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if self, ok, err := s.local(ctx); err == nil && ok && self.State == catalog.StateActive {
+				// The group made it a member before bdrd stopped: its
+				// streams catch up as any member's do.
+				jp := s.joinState()
+				jp.Phase, jp.Error = adminapi.PhaseReady, ""
+				jp.Message = fmt.Sprintf("node %s (id %d) is a member of the group (bdrd restarted while it caught up)", self.Name, self.ID)
+				s.setJoin(jp)
+				return nil
+			}
+			if err := s.undoStaleJoin(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("could not undo the join bdrd did not finish; bdrctl join will try again", "err", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		for {
 			select {
@@ -207,6 +236,7 @@ func (s *Service) resume(ctx context.Context) error {
 	if err != nil || !ok {
 		return s.syncStreams(ctx) // not a member: no streams
 	}
+	s.setSelfID(id.NodeID)
 	key, ok, err := groupkey.Read(s.cfg.KeyFile)
 	if err != nil {
 		return err
@@ -286,6 +316,18 @@ func (s *Service) stopGroup() {
 		s.cons.close()
 		s.cons = nil
 	}
+}
+
+func (s *Service) setSelfID(id int32) {
+	s.gmu.Lock()
+	s.selfID = id
+	s.gmu.Unlock()
+}
+
+func (s *Service) getSelfID() int32 {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	return s.selfID
 }
 
 // group returns the running consensus and gossip, nil before init or join.
@@ -425,6 +467,7 @@ func (s *Service) initGroup(ctx context.Context) (groupNode, error) {
 	if err := s.reconcileLocked(ctx); err != nil {
 		return groupNode{}, err
 	}
+	s.setSelfID(self.ID)
 	if err := s.store.Put(state.KeyIdentity, state.Identity{Name: self.Name, NodeID: self.ID}); err != nil {
 		return groupNode{}, err
 	}

@@ -30,13 +30,16 @@ const usage = `usage: bdrctl [--node ADDR] [--token-file FILE] COMMAND [ARGS]
 Commands:
   init                     make this node the first member of a new group
   join --via ADDR          join the group of the member whose admin API is at ADDR
-       [--no-wait]         return once admitted instead of waiting until ready
+       [--no-wait]         return once admitted instead of waiting until caught up
+       [--force]           replace the user tables the database holds with the group's
   part NAME                remove node NAME from the group (run against another member)
   status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
                            (--local: this node's own view, without asking the others)
   checksum [--json]        per-table checksums of every member, and whether they agree
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
+  bench join [flags]       join under pgbench load against pg_dump | pg_restore
+                           (--bdrd PATH --scale 50 --clients 8 --rate 100 --json)
 
 --node defaults to $BDRCTL_NODE, then 127.0.0.1:7801; ADDR is host:port or
 unix:/path/to.sock. The admin token bdrd requires comes from --token-file FILE,
@@ -191,6 +194,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "join":
 		via := fs.String("via", "", "admin address of a member to join through")
 		noWait := fs.Bool("no-wait", false, "return once admitted")
+		force := fs.Bool("force", false, "replace the user tables of the database with the group's")
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
@@ -201,7 +205,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		return refused(*node, join(ctx, cl.to(*node, time.Minute), *via, *noWait, stdout))
+		return refused(*node, join(ctx, cl.to(*node, time.Minute), adminapi.JoinRequest{Via: *via, Force: *force}, *noWait, stdout))
 	case "part":
 		if err := parse(fs, rest, 1); err != nil {
 			return err
@@ -275,16 +279,16 @@ func printJSON(w io.Writer, v any) error {
 
 // join starts the join through c's node and, unless noWait, follows it to
 // the end.
-func join(ctx context.Context, c *adminapi.Client, via string, noWait bool, w io.Writer) error {
-	show := func(jp adminapi.JoinProgress) { fmt.Fprintf(w, "join: %s: %s\n", jp.Phase, jp.Message) }
+func join(ctx context.Context, c *adminapi.Client, r adminapi.JoinRequest, noWait bool, w io.Writer) error {
+	v := newJoinView(w)
 	if noWait {
-		jp, err := c.Join(ctx, via)
+		jp, err := c.Join(ctx, r)
 		if err == nil {
-			show(jp)
+			v.show(jp)
 		}
 		return err
 	}
-	err := c.JoinAndWait(ctx, via, 300*time.Millisecond, show)
+	err := c.JoinAndWait(ctx, r, 300*time.Millisecond, v.show)
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("stopped waiting; the join goes on (bdrctl status shows it)")
 	}
@@ -307,6 +311,9 @@ func printStatus(w io.Writer, st adminapi.Status) {
 	}
 	if st.Join != nil && (!st.Join.Done || st.Join.Error != "") {
 		fmt.Fprintf(w, "join: %s: %s%s\n", st.Join.Phase, st.Join.Message, suffix(" error: ", st.Join.Error))
+		if c := st.Join.Copy; c != nil && !st.Join.Done {
+			fmt.Fprintf(w, "copy: %s\n", copySummary(c))
+		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tLIVE\tLIVE SINCE\tADMIN\tREASON")
@@ -418,29 +425,47 @@ func checksums(ctx context.Context, cl clients, node string, asJSON bool, w io.W
 
 // benchCommand runs a benchmark on this machine.
 func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "apply" {
-		return usageError{"bench needs a benchmark name: apply"}
+	if len(args) == 0 || (args[0] != "apply" && args[0] != "join") {
+		return usageError{"bench needs a benchmark name: apply or join"}
 	}
-	fs := flag.NewFlagSet("bdrctl bench apply", flag.ContinueOnError)
+	fs := flag.NewFlagSet("bdrctl bench "+args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	self, _ := os.Executable()
+	bdrd := fs.String("bdrd", filepath.Join(filepath.Dir(self), "bdrd"), "bdrd binary")
+	dir := fs.String("dir", "", "parent directory of the servers (default: the temp dir)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if args[0] == "join" {
+		cfg := bench.JoinConfig{Progress: stderr}
+		fs.IntVar(&cfg.Scale, "scale", 50, "pgbench scale of the group's database")
+		fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients on each member")
+		fs.IntVar(&cfg.Rate, "rate", 100, "pgbench transactions a second on each member (0: unlimited)")
+		if err := parse(fs, args[1:], 0); err != nil {
+			return err
+		}
+		cfg.Bdrd, cfg.Dir = *bdrd, *dir
+		res, err := bench.RunJoin(ctx, cfg)
+		return printBench(stdout, *asJSON, res, res.Ratio(), res.Report, err)
+	}
 	cfg := bench.ApplyConfig{Progress: stderr}
-	fs.StringVar(&cfg.Bdrd, "bdrd", filepath.Join(filepath.Dir(self), "bdrd"), "bdrd binary")
 	fs.IntVar(&cfg.Scale, "scale", 10, "pgbench scale")
 	fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients")
 	fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "pgbench duration")
-	fs.StringVar(&cfg.Dir, "dir", "", "parent directory of the servers (default: the temp dir)")
-	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err
 	}
+	cfg.Bdrd, cfg.Dir = *bdrd, *dir
 	res, err := bench.RunApply(ctx, cfg)
+	return printBench(stdout, *asJSON, res, res.Ratio(), res.Report, err)
+}
+
+// printBench prints a benchmark's result, as JSON or as its report.
+func printBench(w io.Writer, asJSON bool, res any, ratio float64, report func() string, err error) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return printJSON(stdout, map[string]any{"result": res, "ratio": res.Ratio()})
+	if asJSON {
+		return printJSON(w, map[string]any{"result": res, "ratio": ratio})
 	}
-	fmt.Fprint(stdout, res.Report())
-	return nil
+	_, err = io.WriteString(w, report())
+	return err
 }

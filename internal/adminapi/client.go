@@ -184,9 +184,9 @@ func (c *Client) Init(ctx context.Context) (Info, error) {
 }
 
 // Join starts a join of the node through via.
-func (c *Client) Join(ctx context.Context, via string) (JoinProgress, error) {
+func (c *Client) Join(ctx context.Context, r JoinRequest) (JoinProgress, error) {
 	var out JoinProgress
-	return out, c.do(ctx, http.MethodPost, "/v1/join", JoinRequest{Via: via}, &out)
+	return out, c.do(ctx, http.MethodPost, "/v1/join", r, &out)
 }
 
 // JoinProgress reports the node's join.
@@ -239,16 +239,14 @@ func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/internal/leave", struct{}{}, nil)
 }
 
-// JoinAndWait starts a join of the node through via and follows it until it
-// ends, calling progress (when not nil) each time the phase or message
-// changes. It returns the join's failure, if any.
-func (c *Client) JoinAndWait(ctx context.Context, via string, poll time.Duration, progress func(JoinProgress)) error {
-	jp, err := c.Join(ctx, via)
-	last := ""
+// JoinAndWait starts the join r of the node and follows it until it ends,
+// calling progress (when not nil) with every report it polls. It returns
+// the join's failure, if any.
+func (c *Client) JoinAndWait(ctx context.Context, r JoinRequest, poll time.Duration, progress func(JoinProgress)) error {
+	jp, err := c.Join(ctx, r)
 	for err == nil {
-		if cur := jp.Phase + "\x00" + jp.Message; progress != nil && cur != last {
+		if progress != nil {
 			progress(jp)
-			last = cur
 		}
 		if jp.Done {
 			break

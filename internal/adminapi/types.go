@@ -111,6 +111,11 @@ type ProposeRequest struct {
 // JoinRequest asks a node to join the group through Via (a member's admin address).
 type JoinRequest struct {
 	Via string `json:"via"`
+	// Force replaces the user tables (and every other user object) of the
+	// joining node's database with the group's; without it a database that
+	// holds user tables is refused (unless they are left from this node's
+	// own earlier membership or failed join).
+	Force bool `json:"force,omitempty"`
 }
 
 // Join phases, in order.
@@ -134,6 +139,30 @@ type JoinProgress struct {
 	Done    bool      `json:"done"`
 	Started time.Time `json:"started"`
 	Updated time.Time `json:"updated"`
+	// Copy is the data copy, once it started.
+	Copy *CopyProgress `json:"copy,omitempty"`
+}
+
+// CopyProgress reports the data copy of a join, table by table.
+type CopyProgress struct {
+	Started time.Time       `json:"started"`
+	Tables  []TableProgress `json:"tables"`
+	// ETASeconds estimates the time left of the row copy from the via
+	// node's statistics; absent while unknown.
+	ETASeconds *float64 `json:"eta_seconds,omitempty"`
+	Done       bool     `json:"done"` // every row copied (indexes and constraints may still be building)
+	// Finished is when the last row was copied.
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// TableProgress is the copy of one table.
+type TableProgress struct {
+	Name  string `json:"name"`
+	Rows  int64  `json:"rows"`
+	Bytes int64  `json:"bytes"` // COPY text bytes
+	// EstimatedRows comes from the via node's statistics (0: unknown).
+	EstimatedRows int64 `json:"estimated_rows"`
+	Done          bool  `json:"done"`
 }
 
 // PartRequest asks to remove node Name from the group.

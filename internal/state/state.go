@@ -23,6 +23,8 @@ var bucket = []byte("bdrd")
 const (
 	KeyIdentity = "identity"
 	KeyJoin     = "join"
+	KeyJoinTask = "join-task" // the join under way, to undo it after a restart
+	KeyCopied   = "copied"    // a join began copying the group's data here
 )
 
 // Identity is who this bdrd is, fixed at init or join.

@@ -89,7 +89,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.AdminListen, "admin-listen", DefaultAdminListen, "`address` of the admin API and /metrics")
 	fs.StringVar(&cfg.AdminAdvertise, "admin-advertise", "", "admin `address` other members use to reach this bdrd (default: --admin-listen)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`directory` for bdrd's own state (bdrd.db) and spill files")
-	fs.StringVar(&cfg.PGBinDir, "pg-bindir", "", "`directory` of pg_dump and psql, used by join (default: pg_config --bindir, then PATH)")
+	fs.StringVar(&cfg.PGBinDir, "pg-bindir", "", "`directory` of pg_dump, used by join (default: pg_config --bindir, then PATH)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -127,7 +128,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, KeyFile: cfg.GossipKeyFile,
 		MaxPeerWAL: int64(cfg.MaxPeerWAL), OnWALBudget: cfg.OnWALBudget,
 		Logger: log, Registry: wrapped,
-		GossipTransport: cfg.GossipTransport, Dial: cfg.Dial,
+		GossipTransport: cfg.GossipTransport, Dial: cfg.Dial, JoinStepDelay: joinStepDelay(),
 	}, pool, store, mgr)
 	if err != nil {
 		_ = ln.Close()
@@ -225,7 +226,7 @@ func checkIdentity(ctx context.Context, store *state.Store, cfg Config) error {
 	return nil
 }
 
-// pgBinDir finds pg_dump and psql: the flag, pg_config --bindir, or PATH.
+// pgBinDir finds pg_dump: the flag, pg_config --bindir, or PATH.
 func pgBinDir(flagValue string) string {
 	if flagValue != "" {
 		return flagValue
@@ -237,4 +238,12 @@ func pgBinDir(flagValue string) string {
 		return filepath.Dir(p)
 	}
 	return ""
+}
+
+// joinStepDelay is a fault-injection aid for tests, from
+// $BDRD_TEST_JOIN_STEP_DELAY: how long a join lingers at the start of each
+// of its phases, so that a test can kill a process in a given phase.
+func joinStepDelay() time.Duration {
+	d, _ := time.ParseDuration(os.Getenv("BDRD_TEST_JOIN_STEP_DELAY"))
+	return d
 }
