@@ -134,7 +134,7 @@ func RunApply(ctx context.Context, cfg ApplyConfig) (ApplyResult, error) {
 	if _, err := p.client.Init(ctx); err != nil {
 		return ApplyResult{}, err
 	}
-	if err := s.client.JoinAndWait(ctx, p.admin, 100*time.Millisecond, nil); err != nil {
+	if err := s.client.JoinAndWait(ctx, adminapi.JoinRequest{Via: p.admin}, 100*time.Millisecond, nil); err != nil {
 		return ApplyResult{}, err
 	}
 	s.stop()
