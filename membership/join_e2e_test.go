@@ -207,7 +207,8 @@ func TestJoinUnderLoad(t *testing.T) {
 // the group keeps working, the join either fails and is undone or finishes,
 // and nothing of a half-joined node is left anywhere; joining again (into
 // the same database) succeeds. The joined node is then parted while live,
-// leaves no trace, rejoins into its old database and converges.
+// leaves no trace, rejoins into its old database and converges, and at last
+// leaves from its own side.
 func TestJoinFailures(t *testing.T) {
 	t.Parallel()
 	via := pgtest.Private(t, pgcluster.Options{})
@@ -308,6 +309,15 @@ func TestJoinFailures(t *testing.T) {
 	grouptest.WaitQuiet(t, all, 3*time.Minute)
 	grouptest.AssertConverged(t, all)
 	l.checkInserts(t, all)
+
+	// It leaves from its own side (bdrctl leave): no trace anywhere.
+	if _, err := joiner.Client().LeaveGroup(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	waitNoTrace(t, joiner, nodes)
+	if st := nodes[0].QueryText(`SELECT state FROM bdr.nodes WHERE node_name = $1 ORDER BY node_id DESC LIMIT 1`, joiner.Name); st != "parted" {
+		t.Errorf("%s shows %s %q after it left; want parted", nodes[0].Name, joiner.Name, st)
+	}
 }
 
 // stopAndCheck stops the load and fails the test on its errors.

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
@@ -47,6 +48,47 @@ func (s *Service) Part(ctx context.Context, r adminapi.PartRequest) (adminapi.Pa
 		}
 	}
 	s.log.Info("parted a node", "node", r.Name)
+	return res, nil
+}
+
+// LeaveGroup parts this node from its own side (bdrctl leave): the group
+// decides it through consensus, which needs a majority; then this node
+// stops replicating and drops its slots and origins, and every member drops
+// its own for this node. Refused while the group cannot decide: leaving
+// alone would leave every member holding a slot for this node.
+func (s *Service) LeaveGroup(ctx context.Context) (adminapi.PartResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	self, ok, err := s.local(ctx)
+	if err != nil {
+		return adminapi.PartResult{}, err
+	}
+	if !ok {
+		return adminapi.PartResult{}, adminapi.Conflict("node %s is not a member of a group", s.cfg.NodeName)
+	}
+	if s.joining() {
+		return adminapi.PartResult{}, adminapi.Conflict("node %s is joining; wait for the join to end (or run bdrctl part %s on a member)", s.cfg.NodeName, s.cfg.NodeName)
+	}
+	nodes, err := catalog.Nodes(ctx, s.pool)
+	if err != nil {
+		return adminapi.PartResult{}, err
+	}
+	var members []adminapi.Node
+	res := adminapi.PartResult{Name: self.Name}
+	for _, n := range nodes {
+		if !n.IsLocal && n.Current() {
+			members = append(members, toAPI(n))
+			res.Done = append(res.Done, n.Name)
+		}
+	}
+	if err := s.partSelf(ctx, members, "left through bdrctl leave"); err != nil {
+		return adminapi.PartResult{}, fmt.Errorf("the group could not part node %s; it still replicates: %w", s.cfg.NodeName, err)
+	}
+	if err := s.leaveLocked(ctx); err != nil {
+		return adminapi.PartResult{}, err
+	}
+	res.Done = append(res.Done, self.Name)
+	s.log.Info("left the group through bdrctl leave")
 	return res, nil
 }
 

@@ -58,6 +58,7 @@ func TestAdminAuth(t *testing.T) {
 		{"POST", "/v1/init", "{}"},
 		{"POST", "/v1/join", `{"via":"` + b.Admin + `"}`},
 		{"POST", "/v1/part", `{"name":"` + b.Name + `"}`},
+		{"POST", "/v1/leave", "{}"},
 		{"POST", "/v1/internal/admit", `{"name":"intruder","public_dsn":"host=127.0.0.1","admin_addr":"127.0.0.1:1"}`},
 		{"POST", "/v1/internal/propose", `{"op":"part","node":{"name":"` + b.Name + `"}}`},
 		{"POST", "/v1/internal/pause", `{"lease":"1m"}`},

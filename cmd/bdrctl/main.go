@@ -33,6 +33,7 @@ Commands:
        [--no-wait]         return once admitted instead of waiting until caught up
        [--force]           replace the user tables the database holds with the group's
   part NAME                remove node NAME from the group (run against another member)
+  leave                    remove this node from the group, from its own side
   status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
                            (--local: this node's own view, without asking the others)
   checksum [--json]        per-table checksums of every member, and whether they agree
@@ -222,6 +223,20 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if len(res.Unreachable) > 0 {
 			fmt.Fprintf(stdout, "not reachable, clean up when back: %s\n", strings.Join(res.Unreachable, ", "))
 		}
+		return nil
+	case "leave":
+		if err := parse(fs, rest, 0); err != nil {
+			return err
+		}
+		cl, err := connect()
+		if err != nil {
+			return err
+		}
+		res, err := cl.to(*node, 5*time.Minute).LeaveGroup(ctx)
+		if err != nil {
+			return refused(*node, err)
+		}
+		fmt.Fprintf(stdout, "node %s left the group; the members drop its streams: %s\n", res.Name, strings.Join(res.Done, ", "))
 		return nil
 	case "status":
 		asJSON := fs.Bool("json", false, "print JSON")

@@ -36,6 +36,7 @@ var allRoutes = []routeCase{
 	{http.MethodPost, "/v1/init", `{}`, false},
 	{http.MethodPost, "/v1/join", `{"via":"b:7801"}`, false},
 	{http.MethodPost, "/v1/part", `{"name":"b"}`, false},
+	{http.MethodPost, "/v1/leave", `{}`, false},
 	{http.MethodPost, "/v1/internal/admit", `{"name":"c","public_dsn":"dbname=x","admin_addr":"c:7801"}`, true},
 	{http.MethodPost, "/v1/internal/propose", `{"op":"part","node":{"name":"c"}}`, true},
 	{http.MethodPost, "/v1/internal/pause", `{"lease_ms":100}`, true},

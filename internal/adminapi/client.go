@@ -201,6 +201,12 @@ func (c *Client) Part(ctx context.Context, name string) (PartResult, error) {
 	return out, c.do(ctx, http.MethodPost, "/v1/part", PartRequest{Name: name}, &out)
 }
 
+// LeaveGroup has the group part the node, from its own side.
+func (c *Client) LeaveGroup(ctx context.Context) (PartResult, error) {
+	var out PartResult
+	return out, c.do(ctx, http.MethodPost, "/v1/leave", struct{}{}, &out)
+}
+
 // Checksums returns per-table checksums of the node's database.
 func (c *Client) Checksums(ctx context.Context) (Checksums, error) {
 	var out Checksums

@@ -24,6 +24,8 @@ type Backend interface {
 	Join(ctx context.Context, r JoinRequest) (JoinProgress, error)
 	JoinProgress(ctx context.Context) (JoinProgress, error)
 	Part(ctx context.Context, r PartRequest) (PartResult, error)
+	// LeaveGroup has the group part this node, from its own side.
+	LeaveGroup(ctx context.Context) (PartResult, error)
 	Checksums(ctx context.Context) (Checksums, error)
 
 	// Internal, between members.
@@ -129,6 +131,7 @@ func NewHandler(b Backend, metrics http.Handler, log *slog.Logger, auth Auth) ht
 		}
 		return b.Part(ctx, req)
 	})
+	post("/v1/leave", func(ctx context.Context, _ []byte) (any, error) { return b.LeaveGroup(ctx) })
 	post("/v1/internal/admit", func(ctx context.Context, body []byte) (any, error) {
 		var req AdmitRequest
 		if err := decode(body, &req); err != nil {

@@ -43,6 +43,11 @@ func (b *backend) Part(ctx context.Context, r PartRequest) (PartResult, error) {
 	return b.part(ctx, r)
 }
 func (b *backend) Init(context.Context) (Info, error) { b.calls.Add(1); return Info{}, errNotHere }
+func (b *backend) LeaveGroup(context.Context) (PartResult, error) {
+	b.calls.Add(1)
+	return PartResult{}, errNotHere
+}
+
 func (b *backend) JoinProgress(context.Context) (JoinProgress, error) {
 	b.calls.Add(1)
 	return JoinProgress{}, errNotHere
