@@ -162,8 +162,8 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 	start := time.Now()
 	var last adminapi.JoinProgress
 	err = nodes[2].client.JoinAndWait(ctx, adminapi.JoinRequest{Via: nodes[1].admin}, 200*time.Millisecond, func(jp adminapi.JoinProgress) {
-		if jp.Phase != last.Phase {
-			say("join: %s (%s)", jp.Phase, time.Since(start).Round(100*time.Millisecond))
+		if jp.Phase != last.Phase || (jp.Message != last.Message && jp.Phase != adminapi.PhaseCatchingUp) {
+			say("join at %6.1fs: %s: %s", time.Since(start).Seconds(), jp.Phase, jp.Message)
 		}
 		last = jp
 	})
