@@ -294,6 +294,18 @@ func copyAll(ctx context.Context, job copyJob) error {
 	if err != nil {
 		return err
 	}
+	// The recent versions are read while the rows are copied.
+	cctx, cancel := context.WithCancel(ctx)
+	rdst, collected, err := startCollect(cctx, job, tables)
+	if err != nil {
+		cancel()
+		return err
+	}
+	defer func() {
+		cancel()
+		_, _ = collected() // the collector is done with rdst
+		_ = rdst.Close(context.Background())
+	}()
 	if _, err := dst.Exec(ctx, "SET session_replication_role = replica"); err != nil {
 		return fmt.Errorf("copy data: %w", err)
 	}
@@ -343,18 +355,66 @@ func copyAll(ctx context.Context, job copyJob) error {
 	if _, err = dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_reset()`); err != nil {
 		return err
 	}
+	job.phase("reading the versions of recent rows")
+	vs, err := collected()
+	if err != nil {
+		return err
+	}
 	created := map[string]bool{}
-	for i, t := range tables {
-		job.phase(fmt.Sprintf("restamping %s with the versions of its rows (table %d of %d)", t.name, i+1, len(tables)))
-		n, err := restamp(ctx, src, dst, t, stamp, created)
+	for i, v := range vs {
+		if v.count == 0 {
+			continue
+		}
+		job.phase(fmt.Sprintf("restamping %d recent rows of %s with their versions (table %d of %d)", v.count, v.t.name, i+1, len(vs)))
+		n, err := restamp(ctx, rdst, v, stamp, created)
 		if err != nil {
 			return err
 		}
-		if n > 0 {
-			job.phase(fmt.Sprintf("restamped %d recent versions of %s", n, t.name))
-		}
+		job.phase(fmt.Sprintf("restamped %d versions of %s", n, v.t.name))
 	}
 	return nil
+}
+
+// startCollect reads the recent versions of every table (collectVersions)
+// on connections of its own while the rows are copied; collected waits for
+// it. The restamp runs on the returned local connection, which holds them.
+func startCollect(ctx context.Context, job copyJob, tables []tableCopy) (*pgx.Conn, func() ([]versions, error), error) {
+	src, err := pgx.Connect(ctx, job.viaDSN)
+	if err != nil {
+		return nil, nil, fmt.Errorf("restamp: %w", err)
+	}
+	dst, err := pgx.Connect(ctx, job.localDSN)
+	if err != nil {
+		_ = src.Close(context.Background())
+		return nil, nil, fmt.Errorf("restamp: %w", err)
+	}
+	var vs []versions
+	done := make(chan error, 1)
+	var result error
+	var once sync.Once
+	go func() {
+		defer func() { _ = src.Close(context.Background()) }()
+		done <- func() error {
+			if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+				return fmt.Errorf("restamp: %w", err)
+			}
+			if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+job.snapshot+"'"); err != nil {
+				return fmt.Errorf("restamp: use snapshot: %w", err)
+			}
+			for i, t := range tables {
+				v, err := collectVersions(ctx, src, dst, t, i, job.stamp)
+				if err != nil {
+					return err
+				}
+				vs = append(vs, v)
+			}
+			return nil
+		}()
+	}()
+	return dst, func() ([]versions, error) {
+		once.Do(func() { result = <-done })
+		return vs, result
+	}, nil
 }
 
 // copyRows copies every table's rows, reporting progress.

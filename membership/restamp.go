@@ -42,6 +42,68 @@ func (c copyStamp) origin(viaOrigin string) (string, pglogrepl.LSN) {
 	return catalog.OriginName(c.localOID, member), c.progress[member]
 }
 
+// versions are the recent row versions of one table on the via node,
+// held in a temporary table of the restamp session (keys as text: the
+// table itself exists there only once the copy commits).
+type versions struct {
+	t     tableCopy
+	keys  []string // quoted primary key columns; none: nothing to restamp
+	names []string // the same, unquoted
+	temp  string   // the temporary table
+	count int64    // rows in it
+}
+
+// collectVersions reads, on the via node under the snapshot (src), the
+// version of every row of t that is newer than stamp.after: its primary
+// key, the origin that wrote it there ("" for the via node itself) and its
+// commit time, into temporary table number i of dst. It runs while the
+// rows are copied, on connections of its own.
+func collectVersions(ctx context.Context, src, dst *pgx.Conn, t tableCopy, i int, stamp copyStamp) (versions, error) {
+	v := versions{t: t, temp: fmt.Sprintf("pg_temp.bdr_versions_%d", i)}
+	var key []string
+	if err := src.QueryRow(ctx, `SELECT coalesce(array_agg(a.attname::text ORDER BY k.i), '{}')
+		FROM pg_catalog.pg_index x
+		CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+		JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+		WHERE x.indrelid = $1::regclass AND x.indisprimary`, t.name).Scan(&key); err != nil {
+		return v, fmt.Errorf("restamp %s: primary key: %w", t.name, err)
+	}
+	if len(key) == 0 {
+		return v, nil // no key: the table only ever takes INSERTs
+	}
+	defs := make([]string, len(key))
+	texts := make([]string, len(key))
+	for i, k := range key {
+		q := pgx.Identifier{k}.Sanitize()
+		v.keys, v.names = append(v.keys, q), append(v.names, k)
+		defs[i] = q + " text"
+		texts[i] = "t." + q + "::text"
+	}
+	keyList := strings.Join(v.keys, ", ")
+	if _, err := dst.Exec(ctx, fmt.Sprintf(`CREATE TEMP TABLE %s (%s, via_origin text, ts timestamptz)`,
+		strings.TrimPrefix(v.temp, "pg_temp."), strings.Join(defs, ", "))); err != nil {
+		return v, fmt.Errorf("restamp %s: %w", t.name, err)
+	}
+	// stamp.after is a setting so that COPY can use it as a value.
+	if _, err := src.Exec(ctx, `SELECT pg_catalog.set_config('bdr.restamp_after', $1, true)`,
+		stamp.after.UTC().Format(time.RFC3339Nano)); err != nil {
+		return v, fmt.Errorf("restamp %s: %w", t.name, err)
+	}
+	err := pipeCopy(ctx, src.PgConn(), dst.PgConn(),
+		fmt.Sprintf(`COPY (SELECT %s, coalesce(o.roname, ''), c.timestamp
+			FROM ONLY %s AS t
+			CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) AS c
+			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = c.roident
+			WHERE c.timestamp >= pg_catalog.current_setting('bdr.restamp_after')::timestamptz) TO STDOUT`,
+			strings.Join(texts, ", "), t.name),
+		fmt.Sprintf(`COPY %s (%s, via_origin, ts) FROM STDIN`, v.temp, keyList),
+		func(rows, _ int64) { v.count += rows })
+	if err != nil {
+		return v, fmt.Errorf("restamp %s: read versions: %w", t.name, err)
+	}
+	return v, nil
+}
+
 // restamp gives the copied rows of a table the version they have on the via
 // node: the origin (the member that wrote them last) and the commit time.
 // The conflict rule compares those, so without them a change made
@@ -51,57 +113,30 @@ func (c copyStamp) origin(viaOrigin string) (string, pglogrepl.LSN) {
 // timestamps were tracked) keep copyTime, and so do versions older than
 // stamp.after (see copyStamp), the bulk of a table. Each distinct version is one
 // local transaction, bound to the origin and stamped with the time, that
-// rewrites its rows unchanged; tables without a primary key are skipped
-// (they only ever take INSERTs).
-func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copyStamp, created map[string]bool) (int, error) {
-	var key []string
-	if err := src.QueryRow(ctx, `SELECT coalesce(array_agg(a.attname::text ORDER BY k.i), '{}')
-		FROM pg_catalog.pg_index x
-		CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
-		JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-		WHERE x.indrelid = $1::regclass AND x.indisprimary`, t.name).Scan(&key); err != nil {
-		return 0, fmt.Errorf("restamp %s: primary key: %w", t.name, err)
-	}
-	if len(key) == 0 {
+// rewrites its rows unchanged. It runs after the copy committed, on the
+// session that holds the versions.
+func restamp(ctx context.Context, dst *pgx.Conn, v versions, stamp copyStamp, created map[string]bool) (int, error) {
+	t := v.t
+	if len(v.keys) == 0 || v.count == 0 {
 		return 0, nil
 	}
-	cols := make([]string, len(key))
-	join := make([]string, len(key))
-	for i, k := range key {
-		cols[i] = pgx.Identifier{k}.Sanitize()
-		join[i] = "t." + cols[i] + " = v." + cols[i]
+	// The key columns' types, to compare the text of the versions.
+	join := make([]string, len(v.keys))
+	for i, k := range v.keys {
+		var typ string
+		if err := dst.QueryRow(ctx, `SELECT pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
+			WHERE attrelid = $1::regclass AND attname = $2`, t.name, v.names[i]).Scan(&typ); err != nil {
+			return 0, fmt.Errorf("restamp %s: type of %s: %w", t.name, k, err)
+		}
+		join[i] = fmt.Sprintf("t.%s = v.%s::%s", k, k, typ)
 	}
-	keyList := strings.Join(cols, ", ")
-
-	// The versions of the via node's rows, as of the snapshot, newer than
-	// stamp.after (a setting, so that COPY can use it as a value).
-	if _, err := src.Exec(ctx, `SELECT pg_catalog.set_config('bdr.restamp_after', $1, true)`,
-		stamp.after.UTC().Format(time.RFC3339Nano)); err != nil {
-		return 0, fmt.Errorf("restamp %s: %w", t.name, err)
-	}
-	if _, err := dst.Exec(ctx, `DROP TABLE IF EXISTS pg_temp.bdr_versions`); err != nil {
+	if _, err := dst.Exec(ctx, fmt.Sprintf(`CREATE INDEX ON %s (via_origin, ts)`, v.temp)); err != nil {
 		return 0, err
 	}
-	if _, err := dst.Exec(ctx, fmt.Sprintf(`CREATE TEMP TABLE bdr_versions AS SELECT %s FROM ONLY %s WITH NO DATA`, keyList, t.name)); err != nil {
-		return 0, fmt.Errorf("restamp %s: %w", t.name, err)
-	}
-	if _, err := dst.Exec(ctx, `ALTER TABLE pg_temp.bdr_versions ADD COLUMN via_origin text, ADD COLUMN ts timestamptz`); err != nil {
-		return 0, fmt.Errorf("restamp %s: %w", t.name, err)
-	}
-	err := pipeCopy(ctx, src.PgConn(), dst.PgConn(),
-		fmt.Sprintf(`COPY (SELECT %s, coalesce(o.roname, ''), c.timestamp
-			FROM ONLY %s AS t
-			CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) AS c
-			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = c.roident
-			WHERE c.timestamp >= pg_catalog.current_setting('bdr.restamp_after')::timestamptz) TO STDOUT`, prefixed("t.", cols), t.name),
-		fmt.Sprintf(`COPY pg_temp.bdr_versions (%s, via_origin, ts) FROM STDIN`, keyList), nil)
-	if err != nil {
-		return 0, fmt.Errorf("restamp %s: read versions: %w", t.name, err)
-	}
-	if _, err := dst.Exec(ctx, `CREATE INDEX ON pg_temp.bdr_versions (via_origin, ts)`); err != nil {
+	if _, err := dst.Exec(ctx, `ANALYZE `+v.temp); err != nil {
 		return 0, err
 	}
-	rows, err := dst.Query(ctx, `SELECT via_origin, ts FROM pg_temp.bdr_versions GROUP BY 1, 2 ORDER BY 2, 1`)
+	rows, err := dst.Query(ctx, fmt.Sprintf(`SELECT via_origin, ts FROM %s GROUP BY 1, 2 ORDER BY 2, 1`, v.temp))
 	if err != nil {
 		return 0, err
 	}
@@ -109,13 +144,13 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 		ViaOrigin string
 		TS        time.Time
 	}
-	versions, err := pgx.CollectRows(rows, pgx.RowToStructByPos[version])
+	list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[version])
 	if err != nil {
 		return 0, fmt.Errorf("restamp %s: %w", t.name, err)
 	}
 
-	update := fmt.Sprintf(`UPDATE %s AS t SET %s = t.%s FROM pg_temp.bdr_versions v
-		WHERE v.via_origin = $1 AND v.ts = $2 AND %s`, t.name, cols[0], cols[0], strings.Join(join, " AND "))
+	update := fmt.Sprintf(`UPDATE %s AS t SET %s = t.%s FROM %s v
+		WHERE v.via_origin = $1 AND v.ts = $2 AND %s`, t.name, v.keys[0], v.keys[0], v.temp, strings.Join(join, " AND "))
 	// One transaction per version, sent in pipelined batches; the session
 	// is bound to the origin of each version in turn.
 	bound := ""
@@ -124,8 +159,8 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 			_, _ = dst.Exec(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_replication_origin_session_reset()`)
 		}
 	}()
-	for _, v := range versions {
-		origin, lsn := stamp.origin(v.ViaOrigin)
+	for _, x := range list {
+		origin, lsn := stamp.origin(x.ViaOrigin)
 		if err := setOriginOnce(ctx, dst, origin, lsn, created); err != nil {
 			return 0, err
 		}
@@ -139,8 +174,8 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 		batch = &pgx.Batch{}
 		return err
 	}
-	for i, v := range versions {
-		origin, lsn := stamp.origin(v.ViaOrigin)
+	for i, x := range list {
+		origin, lsn := stamp.origin(x.ViaOrigin)
 		if origin != bound {
 			if bound != "" {
 				batch.Queue(`SELECT pg_catalog.pg_replication_origin_session_reset()`)
@@ -149,8 +184,8 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 			bound = origin
 		}
 		batch.Queue(`BEGIN`)
-		batch.Queue(`SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, lsn.String(), v.TS)
-		batch.Queue(update, v.ViaOrigin, v.TS)
+		batch.Queue(`SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2)`, lsn.String(), x.TS)
+		batch.Queue(update, x.ViaOrigin, x.TS)
 		batch.Queue(`COMMIT`)
 		if (i+1)%restampBatch == 0 {
 			if err := flush(); err != nil {
@@ -161,8 +196,8 @@ func restamp(ctx context.Context, src, dst *pgx.Conn, t tableCopy, stamp copySta
 	if err := flush(); err != nil {
 		return 0, fmt.Errorf("restamp %s: %w", t.name, err)
 	}
-	_, err = dst.Exec(ctx, `DROP TABLE pg_temp.bdr_versions`)
-	return len(versions), err
+	_, err = dst.Exec(ctx, `DROP TABLE `+v.temp)
+	return len(list), err
 }
 
 // restampBatch is how many versions go to the server in one pipeline.
@@ -179,12 +214,4 @@ func setOriginOnce(ctx context.Context, db *pgx.Conn, name string, lsn pglogrepl
 	}
 	created[name] = true
 	return nil
-}
-
-func prefixed(p string, cols []string) string {
-	out := make([]string, len(cols))
-	for i, c := range cols {
-		out[i] = p + c
-	}
-	return strings.Join(out, ", ")
 }
