@@ -171,6 +171,13 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 		return JoinResult{}, fmt.Errorf("join of the third node: %w", err)
 	}
 	res.Join = time.Since(start)
+	if b, err := os.ReadFile(filepath.Join(dir, "c.log")); err == nil {
+		// The joiner's log outlives the benchmark's directory.
+		keep := filepath.Join(os.TempDir(), "bench-join-joiner.log")
+		if os.WriteFile(keep, b, 0o644) == nil {
+			say("the joiner's bdrd log: %s", keep)
+		}
+	}
 	if jp, err := nodes[2].client.JoinProgress(ctx); err == nil && jp.Copy != nil {
 		for _, t := range jp.Copy.Tables {
 			res.CopiedRows += t.Rows

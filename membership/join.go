@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/bdr-dev/bdr/apply"
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
 	"github.com/bdr-dev/bdr/internal/groupkey"
@@ -412,28 +411,43 @@ func (j *joiner) viaNode() adminapi.Node {
 	return adminapi.Node{Name: j.task.via.Name, AdminAddr: j.task.via.AdminAddr}
 }
 
-// waitCaughtUp waits until every incoming stream is streaming with little lag.
+// waitCaughtUp waits until this node has applied every member's changes
+// up to where that member's WAL was once the streams started: what the
+// group had written while this node joined. (A lag read from the streams
+// alone says nothing before a stream has heard from its provider.)
 func (j *joiner) waitCaughtUp(ctx context.Context) error {
-	for {
-		st := j.s.streams.Status()
-		ready := len(st) == len(j.task.members)
-		var behind []string
-		for _, x := range st {
-			if x.State != apply.StateStreaming || x.LagBytes > caughtUpLag {
-				ready = false
-				behind = append(behind, fmt.Sprintf("%s %s, %d bytes behind", x.Peer, x.State, x.LagBytes))
-			}
+	targets := map[string]pglogrepl.LSN{}
+	for _, m := range j.task.members {
+		lsn, err := currentLSN(ctx, m.PublicDSN)
+		if err != nil {
+			return fmt.Errorf("catch up with %s: %w", m.Name, err)
 		}
-		if ready {
-			return nil
-		}
-		j.s.phase(adminapi.PhaseCatchingUp, "catching up: %s", strings.Join(behind, "; "))
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		targets[m.Name] = lsn
+	}
+	for _, m := range j.task.members {
+		lsn := targets[m.Name]
+		j.s.phase(adminapi.PhaseCatchingUp, "catching up: applying the changes of %s up to %s", m.Name, lsn)
+		if err := j.s.streams.WaitProcessed(ctx, m.Name, uint64(lsn)); err != nil {
+			return fmt.Errorf("catch up with %s: %w", m.Name, err)
 		}
 	}
+	return nil
+}
+
+// currentLSN is the current WAL position of the server of dsn.
+func currentLSN(ctx context.Context, dsn string) (pglogrepl.LSN, error) {
+	cctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	var lsn string
+	if err := conn.QueryRow(cctx, `SELECT pg_catalog.pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return 0, err
+	}
+	return pglogrepl.ParseLSN(lsn)
 }
 
 // undo removes what a failed join created: the group parts this node (so

@@ -34,7 +34,6 @@ var NamePattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,30}$`)
 const (
 	peerTimeout   = 10 * time.Second
 	pauseLease    = time.Minute
-	caughtUpLag   = 1 << 20 // bytes of lag under which a joined node is ready
 	dropAttempts  = 20
 	livenessEvery = 500 * time.Millisecond
 	healthEvery   = time.Second

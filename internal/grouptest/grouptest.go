@@ -149,12 +149,28 @@ func NewNode(t testing.TB, s *pgcluster.Server, name string, opts Options) *Node
 	return n
 }
 
+var (
+	handedMu sync.Mutex
+	handed   = map[int]bool{} // ports freeAddr handed out
+)
+
 // freeAddr returns a loopback address whose port is free for TCP and UDP.
 // Ports come from below the kernel's ephemeral range (32768 and up), so
 // outgoing connections cannot take them between now and the bind.
+//
+// A port is handed out once per process: a node binds its gossip port only
+// when it joins, long after it got it, and another node must not get the
+// same one meanwhile.
 func freeAddr(t testing.TB) string {
 	for range 100 {
 		port := 20000 + mrand.IntN(12000)
+		handedMu.Lock()
+		taken := handed[port]
+		handed[port] = true
+		handedMu.Unlock()
+		if taken {
+			continue
+		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
