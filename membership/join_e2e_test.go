@@ -251,8 +251,10 @@ func TestJoinFailures(t *testing.T) {
 			joiner.Kill()
 			joiner.Start()
 		case "via bdrd":
+			// Down past the end of the phase's pause: the join's next
+			// call to it fails.
 			viaNode.Kill()
-			time.Sleep(time.Second)
+			time.Sleep(3 * time.Second)
 			viaNode.Start()
 		case "via postgres":
 			if err := via.Kill(); err != nil {
