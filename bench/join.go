@@ -52,6 +52,9 @@ type JoinResult struct {
 	JoinerPeakRSS   int64         `json:"joiner_bdrd_peak_rss_bytes"`
 	CopiedRows      int64         `json:"copied_rows"`
 	CopiedTextBytes int64         `json:"copied_bytes"`
+	// JoinerConflicts is how many conflicts the joiner recorded while it
+	// caught up (bdr.conflict_history).
+	JoinerConflicts int64 `json:"joiner_conflicts"`
 }
 
 // Ratio is the join time over the dump and restore time.
@@ -63,8 +66,9 @@ func (r JoinResult) Report() string {
   bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs: %d rows, %d MB of COPY text)
   pg_dump | pg_restore                 %8.2fs
   ratio join/dump-restore: %.2f   joiner bdrd peak RSS: %d MB   pgbench transactions during the join: %d
+  conflicts the joiner recorded while catching up: %d
 `, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), r.CopiedRows, r.CopiedTextBytes>>20,
-		r.DumpRestore.Seconds(), r.Ratio(), r.JoinerPeakRSS>>20, r.PgbenchTxns)
+		r.DumpRestore.Seconds(), r.Ratio(), r.JoinerPeakRSS>>20, r.PgbenchTxns, r.JoinerConflicts)
 }
 
 // RunJoin measures a join under write load against pg_dump | pg_restore of
@@ -184,6 +188,9 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 			res.CopiedTextBytes += t.Bytes
 		}
 		res.Copy = copyTime(jp)
+	}
+	if err := queryInt(ctx, c.DSN("bench"), `SELECT count(*) FROM bdr.conflict_history`, &res.JoinerConflicts); err != nil {
+		return JoinResult{}, err
 	}
 	if res.JoinerPeakRSS, err = proc.PeakRSS(nodes[2].cmd.Process.Pid); err != nil {
 		return JoinResult{}, err
