@@ -106,11 +106,15 @@ type gossipConfig struct {
 // Every heartbeatEvery each bdrd pings every member it has alive directly
 // (memberlist's own probes visit one member per interval, so with five
 // members a given one is probed only every few seconds). A member that
-// answered none of them for suspectAfter shows as suspect; memberlist
-// declares it dead later, with the help of the other members.
+// answered none of them for suspectAfter shows as suspect, and for
+// downAfter as down; memberlist may declare it dead sooner, with the help of
+// the other members. (On the minority side of a partition few members are
+// left to confirm a suspicion, and memberlist took over 15 s to declare a
+// member of the majority dead: downAfter keeps the 10 s promise.)
 const (
 	heartbeatEvery = 500 * time.Millisecond
 	suspectAfter   = 2 * time.Second
+	downAfter      = 7 * time.Second
 )
 
 // gossip runs memberlist for one bdrd: failure detection and metadata.
@@ -273,9 +277,14 @@ func (g *gossip) states(expect []string) map[string]liveness {
 	seen := map[string]liveness{}
 	for name, meta := range g.alive {
 		st := LiveUp
-		if ack, ok := g.lastAck[name]; ok && now.Sub(ack) > suspectAfter && name != g.cfg.Name {
+		ack, acked := g.lastAck[name]
+		silent := now.Sub(ack)
+		switch {
+		case acked && silent > downAfter && name != g.cfg.Name:
+			st = LiveDown
+		case acked && silent > suspectAfter && name != g.cfg.Name:
 			st = LiveSuspect
-		} else if !meta.DBUp {
+		case !meta.DBUp:
 			st = LiveDBDown
 		}
 		seen[name] = liveness{State: st, Meta: meta}
