@@ -170,14 +170,8 @@ func (s *Service) undoStaleJoin(ctx context.Context) error {
 		return err
 	} else if !ok {
 		// Admitted by an older bdrd: the members are in the catalog.
-		nodes, err := catalog.Nodes(ctx, s.pool)
-		if err != nil {
+		if rec.Members, err = s.otherMembers(ctx); err != nil {
 			return err
-		}
-		for _, n := range nodes {
-			if !n.IsLocal && n.Current() {
-				rec.Members = append(rec.Members, toAPI(n))
-			}
 		}
 	}
 	s.log.Info("undoing a join bdrd did not finish")
@@ -237,6 +231,33 @@ func (s *Service) setJoin(jp adminapi.JoinProgress) {
 	if err := s.store.Put(state.KeyJoin, jp); err != nil {
 		s.log.Warn("record join progress", "err", err)
 	}
+}
+
+// setCopyProgress records the row copy's progress. It only lives in
+// memory: reported a few times a second, it is not worth a write of the
+// state store each time (the phases are).
+func (s *Service) setCopyProgress(cp adminapi.CopyProgress) {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	if s.join != nil {
+		s.join.Copy, s.join.Updated = &cp, time.Now()
+	}
+}
+
+// otherMembers are the current members of the group but this node, from
+// the catalog.
+func (s *Service) otherMembers(ctx context.Context) ([]adminapi.Node, error) {
+	nodes, err := catalog.Nodes(ctx, s.pool)
+	if err != nil {
+		return nil, err
+	}
+	var out []adminapi.Node
+	for _, n := range nodes {
+		if !n.IsLocal && n.Current() {
+			out = append(out, toAPI(n))
+		}
+	}
+	return out, nil
 }
 
 // joinState is the current join progress; zero when the node left the
@@ -370,12 +391,8 @@ func (j *joiner) run(ctx context.Context) error {
 	}
 	err = copyAll(ctx, copyJob{binDir: s.cfg.PGBinDir, viaDSN: viaDSN, snapshot: snap.name, localDSN: s.cfg.DSN,
 		stamp: stamp, replace: j.task.replace,
-		phase: func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) },
-		progress: func(cp adminapi.CopyProgress) {
-			jp := s.joinState()
-			jp.Copy = &cp
-			s.setJoin(jp)
-		}})
+		phase:    func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) },
+		progress: s.setCopyProgress})
 	if err != nil {
 		return err
 	}

@@ -69,17 +69,13 @@ func (s *Service) LeaveGroup(ctx context.Context) (adminapi.PartResult, error) {
 	if s.joining() {
 		return adminapi.PartResult{}, adminapi.Conflict("node %s is joining; wait for the join to end (or run bdrctl part %s on a member)", s.cfg.NodeName, s.cfg.NodeName)
 	}
-	nodes, err := catalog.Nodes(ctx, s.pool)
+	members, err := s.otherMembers(ctx)
 	if err != nil {
 		return adminapi.PartResult{}, err
 	}
-	var members []adminapi.Node
 	res := adminapi.PartResult{Name: self.Name}
-	for _, n := range nodes {
-		if !n.IsLocal && n.Current() {
-			members = append(members, toAPI(n))
-			res.Done = append(res.Done, n.Name)
-		}
+	for _, m := range members {
+		res.Done = append(res.Done, m.Name)
 	}
 	if err := s.partSelf(ctx, members, "left through bdrctl leave"); err != nil {
 		return adminapi.PartResult{}, fmt.Errorf("the group could not part node %s; it still replicates: %w", s.cfg.NodeName, err)
