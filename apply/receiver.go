@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -45,6 +46,9 @@ func connectReplication(ctx context.Context, dsn, appName string) (*pgconn.PgCon
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = appName
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(&coalescingReader{r: r, wait: coalesceWait}, w)
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -125,15 +129,15 @@ func (r *receiver) start(ctx context.Context, start decoder.LSN) error {
 
 // run receives until ctx ends or the connection fails.
 func (r *receiver) run(ctx context.Context) error {
+	var w window
+	defer w.close()
 	for {
 		if time.Since(r.lastStatus) >= statusInterval {
 			if err := r.sendStatus(false); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, r.lastStatus.Add(statusInterval))
-		msg, err := r.conn.ReceiveMessage(rctx)
-		cancel()
+		msg, err := r.conn.ReceiveMessage(w.until(ctx, r.lastStatus.Add(statusInterval)))
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				continue
@@ -153,6 +157,29 @@ func (r *receiver) run(ctx context.Context) error {
 		case *pgproto3.CopyDone:
 			return fmt.Errorf("stream from %s: provider ended the stream", r.peer.Name)
 		}
+	}
+}
+
+// window is a receive context with a deadline, made once per deadline
+// rather than once per message.
+type window struct {
+	ctx      context.Context
+	cancel   context.CancelFunc
+	deadline time.Time
+}
+
+func (w *window) until(parent context.Context, deadline time.Time) context.Context {
+	if w.ctx == nil || !w.deadline.Equal(deadline) {
+		w.close()
+		w.deadline = deadline
+		w.ctx, w.cancel = context.WithDeadline(parent, deadline)
+	}
+	return w.ctx
+}
+
+func (w *window) close() {
+	if w.cancel != nil {
+		w.cancel()
 	}
 }
 
@@ -191,6 +218,13 @@ func (r *receiver) handle(ctx context.Context, data []byte) error {
 // deliver hands txn to the applier, reporting status to the provider while
 // the relay is full so the provider does not time the connection out.
 func (r *receiver) deliver(ctx context.Context, txn *decoder.Txn) error {
+	if skipped(txn) && r.track.skip(txn.EndLSN, txn.CommitTime) {
+		// Nothing to apply and nothing before it pending: done here, without
+		// waking the applier (on PostgreSQL 15 every transaction this node
+		// applied comes back from each peer, to be dropped by origin).
+		r.met.skipped.Inc()
+		return txn.Close()
+	}
 	r.track.received(txn.EndLSN, txn.CommitTime)
 	for {
 		ok, err := r.relay.put(ctx, txn, statusInterval)

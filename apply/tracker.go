@@ -45,6 +45,23 @@ func (t *tracker) received(end decoder.LSN, commit time.Time) {
 	t.mu.Unlock()
 }
 
+// skip records a transaction that is skipped (filtered by origin, or
+// empty) and done at once, when every transaction received before it is
+// done too; it reports false, recording nothing, when some are still
+// pending: the transaction must then go through the applier, in order.
+func (t *tracker) skip(end decoder.LSN, commit time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.applied < len(t.queue) {
+		return false
+	}
+	t.queue = append(t.queue, trackEntry{end: end, commit: commit})
+	t.applied++
+	t.processed = end
+	t.advance()
+	return true
+}
+
 // done marks the oldest pending transaction as applied with its local
 // commit at or before local, or skipped when local is 0.
 func (t *tracker) done(local decoder.LSN, applied bool) {

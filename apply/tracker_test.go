@@ -134,3 +134,45 @@ func TestPauser(t *testing.T) {
 	p.resume(gen)
 	<-entered
 }
+
+// TestTrackerSkip checks that a skipped transaction is done at once only
+// when nothing received before it is pending, so the confirmable position
+// never passes a transaction not yet applied.
+func TestTrackerSkip(t *testing.T) {
+	now := time.Now()
+	tr := newTracker(100)
+	if !tr.skip(200, now) {
+		t.Fatal("skip with nothing pending was refused")
+	}
+	if got := tr.confirmable(false); got != 200 {
+		t.Fatalf("confirmable after a skip = %d, want 200", got)
+	}
+	tr.received(300, now)
+	if tr.skip(400, now) {
+		t.Fatal("skip passed a transaction still to apply")
+	}
+	tr.received(400, now) // the receiver then queues it for the applier
+	tr.done(5000, true)
+	tr.done(0, false)
+	tr.flushed(5000)
+	if got := tr.confirmable(false); got != 400 {
+		t.Fatalf("confirmable = %d, want 400", got)
+	}
+	// Applied but not flushed is still pending for the confirmation, not
+	// for skipping: the skip is confirmable only after the flush.
+	tr.received(500, now)
+	tr.done(6000, true)
+	if !tr.skip(600, now) {
+		t.Fatal("skip after everything was applied was refused")
+	}
+	if got := tr.confirmable(false); got != 400 {
+		t.Fatalf("confirmed %d past an applied transaction not flushed", got)
+	}
+	tr.flushed(6000)
+	if got := tr.confirmable(false); got != 600 {
+		t.Fatalf("confirmable = %d, want 600", got)
+	}
+	if !tr.processedPast(600) {
+		t.Error("processedPast(600) is false after the skip")
+	}
+}

@@ -140,6 +140,12 @@ func (d *Decoder) Decode(data []byte) (*Txn, error) {
 	if len(data) == 0 {
 		return nil, protoErrorf("decode: empty message")
 	}
+	if d.block == nil && d.cur != nil && d.cur.Filtered() && isRowChange(data[0]) {
+		// A change of a transaction dropped by origin: not even parsed (on
+		// PostgreSQL 15 every transaction a node applies comes back from each
+		// peer this way).
+		return nil, nil
+	}
 	name := msgName(data[0])
 	msg, err := parse(data, d.block != nil)
 	if err != nil {
@@ -193,6 +199,14 @@ func parse(data []byte, inStream bool) (msg pglogrepl.Message, err error) {
 		return nil, &protocolError{msg: err.Error()}
 	}
 	return msg, nil
+}
+
+func isRowChange(t byte) bool {
+	switch pglogrepl.MessageType(t) {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate:
+		return true
+	}
+	return false
 }
 
 // msgName names the message types Decode accepts, "" for the others
