@@ -217,26 +217,49 @@ func (a *applier) run(ctx context.Context) error {
 			return err
 		}
 		txns, err := a.relay.take(ctx, 200*time.Millisecond)
-		if err == nil && len(txns) > 0 {
-			err = a.applyBatch(ctx, txns)
-		} else if err == nil && a.track.unflushed() {
+		if err == nil && len(txns) == 0 && a.track.unflushed() {
 			err = a.refreshPosition(ctx)
 		}
-		a.pause.leave()
+		entered := true
+		for err == nil && len(txns) > 0 {
+			n := min(len(txns), pauseSlice)
+			err = a.applyBatch(ctx, txns[:n])
+			txns = txns[n:]
+			if err == nil && len(txns) > 0 && a.pause.isPaused() {
+				// A join waits for this applier: let it in between
+				// transactions rather than after the whole batch.
+				a.pause.leave()
+				if err = a.pause.enter(ctx); err != nil {
+					entered = false
+				}
+			}
+		}
+		for _, t := range txns {
+			_ = t.Close()
+		}
+		if entered {
+			a.pause.leave()
+		}
 		if err != nil {
 			return err
 		}
 	}
 }
 
+// pauseSlice is how many transactions an applier applies before it lets a
+// pending pause in: a batch taken from a long relay can take seconds to
+// apply on the conflict-resolving path, longer than a join waits.
+const pauseSlice = 256
+
 // applyBatch applies txns in order, pipelined. A transaction that fails
 // with a transient error is retried in place a few times.
 func (a *applier) applyBatch(ctx context.Context, txns []*decoder.Txn) error {
-	defer func() {
-		for _, t := range txns {
+	defer func(all []*decoder.Txn) {
+		// All of them, applied or not: a spilled transaction holds a file.
+		for _, t := range all {
 			_ = t.Close()
 		}
-	}()
+	}(txns)
 	retries := 0
 	for len(txns) > 0 {
 		n, err := a.applyPipelined(ctx, txns)

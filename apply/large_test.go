@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -28,6 +29,15 @@ func TestLargeTransaction(t *testing.T) {
 	grouptest.AssertConverged(t, nodes)
 	if got := nodes[1].QueryInt(`SELECT count(*) FROM big`); got != rows {
 		t.Fatalf("%s has %d rows, want %d", nodes[1].Name, got, rows)
+	}
+	// The applied transaction's spill file is gone (it was once left until
+	// the stream stopped).
+	spilled, err := filepath.Glob(filepath.Join(nodes[1].DataDir, "spill", "*", "*.spill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spilled) > 0 {
+		t.Errorf("spill files left after the transaction was applied: %v", spilled)
 	}
 	rss, err := proc.PeakRSS(nodes[1].PID())
 	if err != nil {

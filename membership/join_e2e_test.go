@@ -202,6 +202,39 @@ func TestJoinUnderLoad(t *testing.T) {
 	}
 }
 
+// TestJoinUnthrottled joins a fourth node to a group of three while
+// pgbench (8 clients, no rate limit) and an insert-only writer run flat out
+// on every member the whole time. On this 2-core machine the members fall
+// behind each other under that load; the join still finishes (it waits for
+// what was written before its streams started, not for a lag that keeps
+// growing) and, once the load stops, all four converge with every
+// acknowledged insert present once. It does not run in parallel with the
+// package's other tests: it takes all the CPU there is.
+func TestJoinUnthrottled(t *testing.T) {
+	s := []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1), pgtest.Shared(t, 2)}
+	opts := grouptest.Options{Bdrd: bdrdBinary}
+	members := grouptest.Group(t, s, "ju", opts, func(first *grouptest.Node) { loadTables(t, first) })
+	l := startLoad(t, members, 8, 0)
+	time.Sleep(3 * time.Second)
+	n := grouptest.NewNode(t, s[0], pgtest.UniqueName(t, "ju"), opts)
+	t.Cleanup(n.Stop)
+	start := time.Now()
+	grouptest.Join(t, n, members[1])
+	t.Logf("%s joined through %s under unthrottled load in %s", n.Name, members[1].Name, time.Since(start).Round(10*time.Millisecond))
+	members = append(members, n)
+	l.add(n, false)
+	time.Sleep(2 * time.Second)
+	l.stopAndCheck(t)
+	start = time.Now()
+	grouptest.WaitQuiet(t, members, 5*time.Minute)
+	t.Logf("all quiet %s after the load stopped", time.Since(start).Round(10*time.Millisecond))
+	grouptest.AssertConverged(t, members)
+	l.checkInserts(t, members)
+	for w, n := range l.acked {
+		t.Logf("%s: %d inserts acknowledged", w, n)
+	}
+}
+
 // TestJoinFailures kills, in each phase of a join, the joiner's bdrd, the
 // via node's bdrd or the via node's PostgreSQL, under write load. Each time
 // the group keeps working, the join either fails and is undone or finishes,
