@@ -30,6 +30,13 @@ type ApplyConfig struct {
 	Duration time.Duration // pgbench run
 	Dir      string        // parent directory for the servers ("" = temp)
 	Progress io.Writer     // progress lines; nil = none
+	// Conflicts, when set, makes nearly every transaction a conflict: after
+	// the publisher's pgbench, this many pgbench transactions run on the
+	// subscriber's databases (each client touching every branch and teller
+	// there), so the publisher's later updates of those rows meet local
+	// versions that are newer. bdrd detects, decides (the local version
+	// wins) and records each; native logical replication overwrites.
+	Conflicts int
 }
 
 // Validate checks the configuration.
@@ -39,6 +46,8 @@ func (c ApplyConfig) Validate() error {
 		return errors.New("bench apply: the bdrd binary is required (--bdrd)")
 	case c.Scale < 1 || c.Clients < 1 || c.Duration < time.Second:
 		return errors.New("bench apply: scale and clients must be at least 1 and the duration at least 1s")
+	case c.Conflicts < 0:
+		return errors.New("bench apply: --conflicts must not be negative")
 	}
 	if _, err := os.Stat(c.Bdrd); err != nil {
 		return fmt.Errorf("bench apply: bdrd binary: %w", err)
@@ -53,6 +62,10 @@ type ApplyResult struct {
 	Native       time.Duration `json:"native_catch_up_ns"`
 	Bdrd         time.Duration `json:"bdrd_catch_up_ns"`
 	BdrdPeakRSS  int64         `json:"bdrd_peak_rss_bytes"`
+	// LocalTxns is how many pgbench transactions ran on the subscriber
+	// (--conflicts); Conflicts how many conflicts bdrd recorded catching up.
+	LocalTxns int64 `json:"local_transactions,omitempty"`
+	Conflicts int64 `json:"conflicts,omitempty"`
 }
 
 // Ratio is bdrd's apply rate over native logical replication's.
@@ -63,11 +76,16 @@ func (r ApplyResult) Report() string {
 	rate := func(d time.Duration) string {
 		return fmt.Sprintf("%10.0f txn/s %10.0f rows/s", float64(r.Transactions)/d.Seconds(), float64(r.Rows)/d.Seconds())
 	}
-	return fmt.Sprintf(`catch-up of %d pgbench transactions (%d rows) written while replication was paused
+	s := fmt.Sprintf(`catch-up of %d pgbench transactions (%d rows) written while replication was paused
   native logical replication  %8.2fs  %s
   bdrd                        %8.2fs  %s
   ratio bdrd/native: %.2f   bdrd peak RSS: %d MB
 `, r.Transactions, r.Rows, r.Native.Seconds(), rate(r.Native), r.Bdrd.Seconds(), rate(r.Bdrd), r.Ratio(), r.BdrdPeakRSS>>20)
+	if r.LocalTxns > 0 {
+		s += fmt.Sprintf("  with %d local pgbench transactions on the subscriber after them: bdrd recorded %d conflicts\n",
+			r.LocalTxns, r.Conflicts)
+	}
+	return s
 }
 
 // RunApply measures how fast bdrd and PostgreSQL's own logical replication
@@ -188,6 +206,17 @@ func RunApply(ctx context.Context, cfg ApplyConfig) (ApplyResult, error) {
 	if err := exec1(ctx, pub.DSN("bench"), `INSERT INTO bench_marker VALUES (1)`); err != nil {
 		return ApplyResult{}, err
 	}
+	if cfg.Conflicts > 0 {
+		say("pgbench: %d transactions on each subscriber database, newer than the publisher's", cfg.Conflicts)
+		perClient := max(1, cfg.Conflicts/cfg.Clients)
+		for _, db := range []string{"native", "bdr"} {
+			if err := run(ctx, sub.Command(ctx, "pgbench", "-n", "-c", strconv.Itoa(cfg.Clients),
+				"-t", strconv.Itoa(perClient), db)); err != nil {
+				return ApplyResult{}, err
+			}
+		}
+		res.LocalTxns = int64(perClient * cfg.Clients)
+	}
 
 	say("native: catching up")
 	start := time.Now()
@@ -215,6 +244,11 @@ func RunApply(ctx context.Context, cfg ApplyConfig) (ApplyResult, error) {
 	res.Bdrd = time.Since(start)
 	if res.BdrdPeakRSS, err = proc.PeakRSS(s.cmd.Process.Pid); err != nil {
 		return ApplyResult{}, err
+	}
+	if cfg.Conflicts > 0 {
+		if err := queryInt(ctx, sub.DSN("bdr"), `SELECT count(*) FROM bdr.conflict_history`, &res.Conflicts); err != nil {
+			return ApplyResult{}, err
+		}
 	}
 	return res, nil
 }

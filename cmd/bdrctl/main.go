@@ -465,6 +465,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.IntVar(&cfg.Scale, "scale", 10, "pgbench scale")
 	fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients")
 	fs.DurationVar(&cfg.Duration, "duration", 20*time.Second, "pgbench duration")
+	fs.IntVar(&cfg.Conflicts, "conflicts", 0, "pgbench transactions on the subscriber after the publisher's, so that the catch-up meets conflicts (0: none)")
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err
 	}
