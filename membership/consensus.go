@@ -134,6 +134,12 @@ func (c *consensus) apply(cmd command) (groupNode, error) {
 	}
 	f := c.raft.Apply(b, 10*time.Second)
 	if err := f.Error(); err != nil {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout):
+			// Not decided, or decided without our knowing: the proposal is
+			// retried, with the same request id, through the next leader.
+			return groupNode{}, fmt.Errorf("%w (commit %s: %v)", errNoLeader, cmd.Op, err)
+		}
 		return groupNode{}, fmt.Errorf("commit %s: %w", cmd.Op, err)
 	}
 	res, _ := f.Response().(applyResult)

@@ -184,3 +184,31 @@ func TestGroupStateApply(t *testing.T) {
 		t.Fatalf("rejoined a has id %d (next %d); ids must not be reused", s.Nodes["a"].ID, s.NextID)
 	}
 }
+
+// TestGroupStateRetriedRequest checks that a decision proposed again with
+// the same request id (after the leader was lost mid-commit, not knowing
+// whether it committed) is answered with the decision taken, not refused
+// nor taken twice; another request is still refused.
+func TestGroupStateRetriedRequest(t *testing.T) {
+	var s groupState
+	at := time.Now()
+	admit := command{Op: opAdmit, Node: groupNode{Name: "a"}, At: at, Request: "r1"}
+	first := s.apply(admit)
+	again := s.apply(admit)
+	if first.Err != nil || again.Err != nil || again.Node.ID != first.Node.ID || s.NextID != 2 {
+		t.Fatalf("admit retried: %v / %v, ids %d and %d, next id %d; want the same node once",
+			first.Err, again.Err, first.Node.ID, again.Node.ID, s.NextID)
+	}
+	if res := s.apply(command{Op: opAdmit, Node: groupNode{Name: "a"}, At: at, Request: "r2"}); res.Err == nil {
+		t.Fatal("a second admit of the same name with another request was accepted")
+	}
+	part := command{Op: opPart, Node: groupNode{Name: "a"}, At: at, Request: "r3"}
+	for i := range 2 {
+		if res := s.apply(part); res.Err != nil || res.Node.State != catalog.StateParted {
+			t.Fatalf("part (try %d): %v, state %q", i+1, res.Err, res.Node.State)
+		}
+	}
+	if res := s.apply(command{Op: opPart, Node: groupNode{Name: "a"}, At: at, Request: "r4"}); res.Err == nil {
+		t.Fatal("a new part of a parted node was accepted")
+	}
+}

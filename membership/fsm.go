@@ -25,6 +25,10 @@ type groupNode struct {
 	RaftAddr   string    `json:"raft_addr"`
 	Since      time.Time `json:"since"`
 	Reason     string    `json:"reason,omitempty"` // why it was parted
+	// Request is the id of the decision that last changed the node: a
+	// proposal retried after the leader was lost mid-commit carries the same
+	// id, and finds its decision already taken.
+	Request string `json:"request,omitempty"`
 }
 
 // groupState is the state every member agrees on through consensus: the
@@ -63,6 +67,8 @@ type command struct {
 	Node   groupNode `json:"node"`
 	Reason string    `json:"reason,omitempty"`
 	At     time.Time `json:"at"`
+	// Request identifies the proposal; its retries carry the same one.
+	Request string `json:"request,omitempty"`
 }
 
 // applyResult is what applying a command returns to its proposer.
@@ -81,6 +87,10 @@ func (s *groupState) apply(c command) applyResult {
 	}
 	name := c.Node.Name
 	cur, exists := s.Nodes[name]
+	if exists && c.Request != "" && cur.Request == c.Request {
+		// A retry of a decision that was committed: its result again.
+		return applyResult{Node: cur}
+	}
 	switch c.Op {
 	case opAdmit:
 		if !NamePattern.MatchString(name) {
@@ -90,7 +100,7 @@ func (s *groupState) apply(c command) applyResult {
 			return applyResult{Err: fmt.Errorf("node name %q is already used by node %d (%s) in this group", name, cur.ID, cur.State)}
 		}
 		n := c.Node
-		n.ID, n.Since, n.Reason = s.NextID, c.At, ""
+		n.ID, n.Since, n.Reason, n.Request = s.NextID, c.At, "", c.Request
 		if n.State != catalog.StateActive {
 			n.State = catalog.StateJoining
 			// One join at a time: a joiner learns the members when it is
@@ -111,7 +121,7 @@ func (s *groupState) apply(c command) applyResult {
 			return applyResult{Err: fmt.Errorf("no node named %q is joining", name)}
 		}
 		if cur.State != catalog.StateActive {
-			cur.State, cur.Since = catalog.StateActive, c.At
+			cur.State, cur.Since, cur.Request = catalog.StateActive, c.At, c.Request
 			s.Nodes[name] = cur
 		}
 		return applyResult{Node: cur}
@@ -119,7 +129,7 @@ func (s *groupState) apply(c command) applyResult {
 		if !exists || cur.State == catalog.StateParted {
 			return applyResult{Err: fmt.Errorf("no node named %q in the group", name)}
 		}
-		cur.State, cur.Since, cur.Reason = catalog.StateParted, c.At, c.Reason
+		cur.State, cur.Since, cur.Reason, cur.Request = catalog.StateParted, c.At, c.Reason, c.Request
 		s.Nodes[name] = cur
 		return applyResult{Node: cur}
 	}

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,6 +32,9 @@ func (s *Service) propose(ctx context.Context, cmd command) (groupNode, error) {
 func (s *Service) proposeWithin(ctx context.Context, cmd command, wait time.Duration) (groupNode, error) {
 	if cmd.At.IsZero() {
 		cmd.At = time.Now()
+	}
+	if cmd.Request == "" {
+		cmd.Request = rand.Text()
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -71,7 +75,7 @@ func (s *Service) proposeOnce(ctx context.Context, cmd command) (groupNode, bool
 	if !ok {
 		return groupNode{}, true, s.noQuorum("")
 	}
-	n, err := s.client(ln.AdminAddr).Propose(ctx, adminapi.ProposeRequest{Op: cmd.Op, Node: groupToAPI(cmd.Node), Reason: cmd.Reason})
+	n, err := s.client(ln.AdminAddr).Propose(ctx, adminapi.ProposeRequest{Op: cmd.Op, Node: groupToAPI(cmd.Node), Reason: cmd.Reason, Request: cmd.Request})
 	if err != nil {
 		var e *adminapi.Error
 		if errors.As(err, &e) {
@@ -122,7 +126,7 @@ func (s *Service) Propose(ctx context.Context, r adminapi.ProposeRequest) (admin
 	if cons == nil || !cons.isLeader() {
 		return adminapi.Node{}, adminapi.Unavailable("node %s is not the group's leader", s.cfg.NodeName)
 	}
-	n, err := cons.apply(command{Op: r.Op, Node: apiToGroup(r.Node), Reason: r.Reason, At: time.Now()})
+	n, err := cons.apply(command{Op: r.Op, Node: apiToGroup(r.Node), Reason: r.Reason, At: time.Now(), Request: r.Request})
 	if err != nil {
 		if errors.Is(err, errNoLeader) {
 			return adminapi.Node{}, s.noQuorum("")

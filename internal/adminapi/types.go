@@ -106,6 +106,9 @@ type ProposeRequest struct {
 	Op     string `json:"op"`
 	Node   Node   `json:"node"`
 	Reason string `json:"reason,omitempty"`
+	// Request identifies the proposal: a retry carries the same id and is
+	// answered with the decision already taken, if it was.
+	Request string `json:"request,omitempty"`
 }
 
 // JoinRequest asks a node to join the group through Via (a member's admin address).
