@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -535,9 +536,16 @@ func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string, coun
 	if count != nil {
 		w = countingWriter{w: pw, count: count}
 	}
+	// The provider sends a message per row: rows go through the pipe in
+	// chunks, not one at a time (that cost a goroutine hand-off and a
+	// CopyData message to the local server per row).
+	buf := bufio.NewWriterSize(w, copyChunk)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		_, err := src.CopyTo(gctx, w, out)
+		_, err := src.CopyTo(gctx, buf, out)
+		if err == nil {
+			err = buf.Flush()
+		}
 		pw.CloseWithError(err)
 		return err
 	})
@@ -548,6 +556,9 @@ func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string, coun
 	})
 	return g.Wait()
 }
+
+// copyChunk is how much of a table's rows goes through bdrd at a time.
+const copyChunk = 256 << 10
 
 type countingWriter struct {
 	w     io.Writer
