@@ -141,6 +141,26 @@ func createSlot(ctx context.Context, dsn, subscriber string) (pglogrepl.LSN, err
 	return pglogrepl.ParseLSN(lsn)
 }
 
+// skipCopy moves this node's slots for the members (made before the copy,
+// so that no local write is missed) past the copy's commit, at end. On
+// PostgreSQL 15 every member's walsender would otherwise decode the whole
+// copy, spill it, and send it over the network, for the member to drop it
+// by origin. No local write is skipped: the copy created the tables (or
+// replaced them, dropping what was written to the old ones), so whatever
+// commits after it is past end. Advancing only reads the WAL. Skipping is
+// an optimization: a join resumed after a crash before it just streams more.
+func skipCopy(ctx context.Context, db catalog.DB, localOID uint32, members []adminapi.Node, end pglogrepl.LSN) error {
+	for _, m := range members {
+		slot := catalog.SlotName(localOID, m.Name)
+		if _, err := db.Exec(ctx, `SELECT pg_catalog.pg_replication_slot_advance($1, $2::text::pg_lsn)
+			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn`,
+			slot, end.String()); err != nil {
+			return fmt.Errorf("move slot %s past the copy: %w", slot, err)
+		}
+	}
+	return nil
+}
+
 // dropSlot drops the slot for subscriber in the database of dsn, first
 // ending the session that streams from it. A missing slot is not an error.
 func dropSlot(ctx context.Context, dsn, subscriber string) error {
@@ -256,8 +276,8 @@ const progressEvery = 250 * time.Millisecond
 // leaves the database as it was. Tables are created without their indexes
 // and constraints, which are built after the rows (as pg_restore does).
 // Then rows written shortly before the join get their versions back
-// (restamp).
-func copyAll(ctx context.Context, job copyJob) error {
+// (restamp). It returns the local end of the copy's commit.
+func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	stamp := job.stamp
 	origin, lsn := catalog.OriginName(stamp.localOID, stamp.via), stamp.progress[stamp.via]
 	job.phase("dumping the schema")
@@ -272,35 +292,35 @@ func copyAll(ctx context.Context, job copyJob) error {
 		return
 	})
 	if err := g.Wait(); err != nil {
-		return err
+		return 0, err
 	}
 	src, err := pgx.Connect(ctx, job.viaDSN)
 	if err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = src.Close(context.Background()) }()
 	dst, err := pgx.Connect(ctx, job.localDSN)
 	if err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = dst.Close(context.Background()) }()
 
 	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+job.snapshot+"'"); err != nil {
-		return fmt.Errorf("copy data: use snapshot: %w", err)
+		return 0, fmt.Errorf("copy data: use snapshot: %w", err)
 	}
 	tables, err := copyTables(ctx, src)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	// The recent versions are read while the rows are copied.
 	cctx, cancel := context.WithCancel(ctx)
 	rdst, collected, err := startCollect(cctx, job, tables)
 	if err != nil {
 		cancel()
-		return err
+		return 0, err
 	}
 	defer func() {
 		cancel()
@@ -308,27 +328,27 @@ func copyAll(ctx context.Context, job copyJob) error {
 		_ = rdst.Close(context.Background())
 	}()
 	if _, err := dst.Exec(ctx, "SET session_replication_role = replica"); err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	if err := setOrigin(ctx, dst, origin, 0); err != nil {
-		return err
+		return 0, err
 	}
 	if _, err := dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, origin); err != nil {
-		return fmt.Errorf("copy data: bind origin %s: %w", origin, err)
+		return 0, fmt.Errorf("copy data: bind origin %s: %w", origin, err)
 	}
 	tx, err := dst.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2::timestamptz)`,
 		lsn.String(), copyTime); err != nil {
-		return fmt.Errorf("copy data: %w", err)
+		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	if job.replace {
 		job.phase("dropping the user objects the database holds (replaced by the group's)")
 		if n, err := dropUserObjects(ctx, tx); err != nil {
-			return err
+			return 0, err
 		} else if n > 0 {
 			job.phase(fmt.Sprintf("dropped %d user objects; creating tables", n))
 		}
@@ -337,29 +357,39 @@ func copyAll(ctx context.Context, job copyJob) error {
 	// pg_dump's SQL sets search_path to '' for the session; every name
 	// below is qualified.
 	if _, err := dst.PgConn().Exec(ctx, pre).ReadAll(); err != nil {
-		return fmt.Errorf("copy schema (tables): %w", err)
+		return 0, fmt.Errorf("copy schema (tables): %w", err)
 	}
 	if err := copyRows(ctx, src.PgConn(), dst.PgConn(), tables, job); err != nil {
-		return err
+		return 0, err
 	}
 	if err := copySequences(ctx, src, tx); err != nil {
-		return err
+		return 0, err
 	}
 	job.phase("building indexes and constraints")
 	if _, err := dst.PgConn().Exec(ctx, post).ReadAll(); err != nil {
-		return fmt.Errorf("copy schema (indexes and constraints): %w", err)
+		return 0, fmt.Errorf("copy schema (indexes and constraints): %w", err)
 	}
 	job.phase("committing the copy")
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("copy data: commit: %w", err)
+		return 0, fmt.Errorf("copy data: commit: %w", err)
+	}
+	// The origin's local_lsn is the end of the commit just made: no other
+	// session can bind the origin while this one holds it.
+	var local string
+	if err := dst.QueryRow(ctx, `SELECT local_lsn::text FROM pg_catalog.pg_replication_origin_status WHERE external_id = $1`,
+		origin).Scan(&local); err != nil {
+		return 0, fmt.Errorf("copy data: read the local end of the copy: %w", err)
+	}
+	if end, err = pglogrepl.ParseLSN(local); err != nil {
+		return 0, fmt.Errorf("copy data: read the local end of the copy: %w", err)
 	}
 	if _, err = dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_reset()`); err != nil {
-		return err
+		return 0, err
 	}
 	job.phase("reading the versions of recent rows")
 	vs, err := collected()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	created := map[string]bool{}
 	for i, v := range vs {
@@ -369,11 +399,11 @@ func copyAll(ctx context.Context, job copyJob) error {
 		job.phase(fmt.Sprintf("restamping %d recent rows of %s with their versions (table %d of %d)", v.count, v.t.name, i+1, len(vs)))
 		n, err := restamp(ctx, rdst, v, stamp, created)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		job.phase(fmt.Sprintf("restamped %d versions of %s", n, v.t.name))
 	}
-	return nil
+	return end, nil
 }
 
 // startCollect reads the recent versions of every table (collectVersions)

@@ -389,7 +389,7 @@ func (j *joiner) run(ctx context.Context) error {
 	if err := s.store.Put(state.KeyCopied, copiedMark{Via: via.Name, At: time.Now()}); err != nil {
 		return err
 	}
-	err = copyAll(ctx, copyJob{binDir: s.cfg.PGBinDir, viaDSN: viaDSN, snapshot: snap.name, localDSN: s.cfg.DSN,
+	copyEnd, err := copyAll(ctx, copyJob{binDir: s.cfg.PGBinDir, viaDSN: viaDSN, snapshot: snap.name, localDSN: s.cfg.DSN,
 		stamp: stamp, replace: j.task.replace,
 		phase:    func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) },
 		progress: s.setCopyProgress})
@@ -397,6 +397,11 @@ func (j *joiner) run(ctx context.Context) error {
 		return err
 	}
 	snap.close()
+	s.phase(adminapi.PhaseCopying, "moving our slots past the copy")
+	if err := skipCopy(ctx, s.pool, s.dbOID, j.task.members, copyEnd); err != nil {
+		// Only costs the members streaming the copy, to drop it.
+		s.log.Warn("join: the members will stream the copy back", "err", err)
+	}
 
 	// 5. Start every member's stream to us where the via node's data ends,
 	// and ours to every member: the group makes this node active (and a

@@ -235,6 +235,37 @@ func TestJoinUnthrottled(t *testing.T) {
 	}
 }
 
+// TestJoinSkipsCopy checks that the members do not stream a joiner's copy
+// back from it: the joiner's slots are moved past the copy, so a member
+// receives from the joiner only what the joiner writes itself (and the
+// restamp of recent rows, which this test has none of).
+func TestJoinSkipsCopy(t *testing.T) {
+	t.Parallel()
+	opts := grouptest.Options{Bdrd: bdrdBinary}
+	first := grouptest.NewNode(t, pgtest.Shared(t, 1), pgtest.UniqueName(t, "sk"), opts)
+	t.Cleanup(first.Stop)
+	grouptest.Init(t, first)
+	first.Exec(`CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)`)
+	first.Exec(`INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 200000) g`)
+	// Rows written shortly before a join are restamped after the copy, in
+	// transactions of their own that do stream back (dropped by origin):
+	// these are older.
+	time.Sleep(11 * time.Second) // the restamp margin is 10 s
+	second := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "sk"), opts)
+	t.Cleanup(second.Stop)
+	grouptest.Join(t, second, first)
+	second.Exec(`INSERT INTO big VALUES (0, 'written on the joiner')`)
+	nodes := []*grouptest.Node{first, second}
+	grouptest.WaitQuiet(t, nodes, 2*time.Minute)
+	grouptest.AssertConverged(t, nodes)
+	copied := second.QueryInt(`SELECT pg_total_relation_size('big')`)
+	got := metricValue(t, first, "bdr_receive_bytes_total", `peer="`+second.Name+`"`)
+	t.Logf("%s received %.0f bytes from %s, which holds a copy of %d bytes", first.Name, got, second.Name, copied)
+	if got < 0 || got > 1<<20 {
+		t.Errorf("%s received %.0f bytes from the joiner %s: the copy (%d bytes) came back", first.Name, got, second.Name, copied)
+	}
+}
+
 // TestJoinFailures kills, in each phase of a join, the joiner's bdrd, the
 // via node's bdrd or the via node's PostgreSQL, under write load. Each time
 // the group keeps working, the join either fails and is undone or finishes,
