@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -36,6 +37,7 @@ type measurer struct {
 	pgbench  string
 	dir      string
 	clients  int
+	rate     int // pgbench -R, at each site; 0 = unlimited
 	duration time.Duration
 	every    time.Duration
 	progress io.Writer
@@ -46,7 +48,7 @@ type measurer struct {
 const drainFor = time.Minute
 
 func (r *wanRun) measure(ctx context.Context, m measurement) (ModeResult, error) {
-	mr := measurer{pgbench: r.pgbench, dir: r.dir, clients: r.cfg.Clients, duration: r.cfg.Duration,
+	mr := measurer{pgbench: r.pgbench, dir: r.dir, clients: r.cfg.Clients, rate: r.cfg.Rate, duration: r.cfg.Duration,
 		every: r.cfg.ProgressEvery, progress: r.cfg.Progress}
 	return mr.measure(ctx, m)
 }
@@ -82,10 +84,15 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 	} else {
 		hbDone <- nil
 	}
+	logs, err := os.MkdirTemp(mr.dir, m.mode)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(logs)
 	var runs []*pgbenchRun
 	var startErr error
 	for _, l := range m.loads {
-		pr, err := startPgbench(ctx, mr.pgbench, l.site, l.dsn, mr.clients, mr.duration, mr.dir)
+		pr, err := startPgbench(ctx, mr.pgbench, l.site, l.dsn, mr.clients, mr.rate, mr.duration, logs)
 		if err != nil {
 			startErr = err
 			break

@@ -34,12 +34,17 @@ type pgbenchRun struct {
 }
 
 // startPgbench runs bin (pgbench) against the database dsn with the given
-// clients for d, logging every transaction under dir.
-func startPgbench(ctx context.Context, bin string, site int, dsn string, clients int, d time.Duration, dir string) (*pgbenchRun, error) {
+// clients for d, at rate transactions a second (0: as fast as it goes),
+// logging every transaction under dir.
+func startPgbench(ctx context.Context, bin string, site int, dsn string, clients, rate int, d time.Duration, dir string) (*pgbenchRun, error) {
 	prefix := filepath.Join(dir, fmt.Sprintf("pgbench_site%d", site))
 	args := []string{"-n", "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(clients, 4)),
 		"-T", strconv.Itoa(int(d.Round(time.Second).Seconds())), "-P", "1",
-		"-l", "--log-prefix", prefix, dsn}
+		"-l", "--log-prefix", prefix}
+	if rate > 0 {
+		args = append(args, "-R", strconv.Itoa(rate))
+	}
+	args = append(args, dsn)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
 	r := &pgbenchRun{site: site, cmd: cmd, prefix: prefix, done: make(chan struct{})}

@@ -32,7 +32,14 @@ const (
 // Header describes the run in one line.
 func (r WANResult) Header() string {
 	shape := Shape{RTT: time.Duration(r.RTTms * float64(time.Millisecond)), Jitter: time.Duration(r.JitterMs * float64(time.Millisecond)), Bandwidth: r.Bandwidth}
-	return fmt.Sprintf("pgbench scale %d, %d clients, %gs per mode; %d sites; links: %s", r.Scale, r.Clients, r.DurationSec, r.Nodes, shape)
+	return fmt.Sprintf("pgbench scale %d, %d clients%s, %gs per mode; %d sites; links: %s", r.Scale, r.Clients, rateText(r.Rate), r.DurationSec, r.Nodes, shape)
+}
+
+func rateText(rate int) string {
+	if rate == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" at %d txn/s per site", rate)
 }
 
 // Report is the result as tables.

@@ -26,6 +26,7 @@ type SitesConfig struct {
 	Target   string // the member pgbench writes to; "" = the one at Admin
 	Scale    int    // pgbench scale, for Init
 	Clients  int
+	Rate     int // pgbench transactions a second; 0 = as fast as it goes
 	Duration time.Duration
 	// Init creates the pgbench tables on every member and loads them on
 	// the target (they replicate to the others), replacing any there.
@@ -39,8 +40,8 @@ func (c *SitesConfig) Validate() error {
 	switch {
 	case c.Admin == "":
 		return errors.New("bench pgbench: --node ADDR (a member's admin API) is required")
-	case c.Scale < 1 || c.Clients < 1:
-		return errors.New("bench pgbench: --scale and --clients must be at least 1")
+	case c.Scale < 1 || c.Clients < 1 || c.Rate < 0:
+		return errors.New("bench pgbench: --scale and --clients must be at least 1 and --rate not negative")
 	case c.Duration < time.Second || c.Duration%time.Second != 0:
 		return errors.New("bench pgbench: --duration must be a whole number of seconds, at least 1s")
 	}
@@ -56,6 +57,7 @@ type SitesResult struct {
 	Target      string     `json:"target"`
 	Scale       int        `json:"scale,omitempty"` // when loaded by this run
 	Clients     int        `json:"clients"`
+	Rate        int        `json:"rate,omitempty"`
 	DurationSec float64    `json:"duration_s"`
 	Started     time.Time  `json:"started"`
 	Run         ModeResult `json:"run"`
@@ -64,7 +66,7 @@ type SitesResult struct {
 // Report is the result as tables.
 func (r SitesResult) Report() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "pgbench %d clients, %gs, from this host to %s; group: %s\n", r.Clients, r.DurationSec, r.Target, strings.Join(r.Nodes, ", "))
+	fmt.Fprintf(&b, "pgbench %d clients%s, %gs, from this host to %s; group: %s\n", r.Clients, rateText(r.Rate), r.DurationSec, r.Target, strings.Join(r.Nodes, ", "))
 	b.WriteString("lag: heartbeat committed on each member every 100 ms, polled on each other member from this host;\n" +
 		"both times on this host's clock, each corrected by half its connection's round trip (the members' clocks do not matter)\n\n")
 	modeTable(&b, []ModeResult{r.Run})
@@ -101,7 +103,7 @@ func RunSites(ctx context.Context, cfg SitesConfig) (SitesResult, error) {
 	if err != nil {
 		return SitesResult{}, fmt.Errorf("status of the group at %s: %w", cfg.Admin, err)
 	}
-	res := SitesResult{Target: cmp.Or(cfg.Target, st.Node.Name), Clients: cfg.Clients, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
+	res := SitesResult{Target: cmp.Or(cfg.Target, st.Node.Name), Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
 	var nodes []hbNode
 	target := -1
 	for _, n := range st.Nodes {
@@ -136,7 +138,7 @@ func RunSites(ctx context.Context, cfg SitesConfig) (SitesResult, error) {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	mr := measurer{pgbench: pgbench, dir: dir, clients: cfg.Clients, duration: cfg.Duration, every: cfg.ProgressEvery, progress: cfg.Progress}
+	mr := measurer{pgbench: pgbench, dir: dir, clients: cfg.Clients, rate: cfg.Rate, duration: cfg.Duration, every: cfg.ProgressEvery, progress: cfg.Progress}
 	res.Run, err = mr.measure(ctx, measurement{mode: "pgbench", who: "this host -> " + res.Target,
 		loads: []load{{site: nodes[target].site, dsn: nodes[target].dsn}}, hbFrom: nodes, hbTo: nodes, bdr: nodes})
 	return res, err

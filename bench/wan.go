@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 )
@@ -34,6 +36,7 @@ type WANConfig struct {
 	Shape    Shape         // what the links between sites do
 	Scale    int           // pgbench scale
 	Clients  int           // pgbench clients (at each site in mm-both)
+	Rate     int           // pgbench transactions a second at each site; 0 = as fast as it goes
 	Duration time.Duration // pgbench run of each mode
 	Modes    []string      // which modes; nil = all
 	Dir      string        // parent directory for the servers ("" = temp)
@@ -50,8 +53,8 @@ func (c *WANConfig) Validate() error {
 		return errors.New("bench wan: --nodes must be at least 2")
 	case c.Nodes > 16:
 		return errors.New("bench wan: --nodes must be at most 16")
-	case c.Scale < 1 || c.Clients < 1:
-		return errors.New("bench wan: --scale and --clients must be at least 1")
+	case c.Scale < 1 || c.Clients < 1 || c.Rate < 0:
+		return errors.New("bench wan: --scale and --clients must be at least 1 and --rate not negative")
 	case c.Duration < time.Second || c.Duration%time.Second != 0:
 		return errors.New("bench wan: --duration must be a whole number of seconds, at least 1s")
 	case c.Shape.RTT < 0 || c.Shape.Jitter < 0 || c.Shape.Bandwidth < 0:
@@ -134,6 +137,7 @@ type WANResult struct {
 	Bandwidth   int64        `json:"bandwidth_bits_per_s"` // 0 = unlimited
 	Scale       int          `json:"scale"`
 	Clients     int          `json:"clients"`
+	Rate        int          `json:"rate,omitempty"`
 	DurationSec float64      `json:"duration_s"`
 	Started     time.Time    `json:"started"`
 	Modes       []ModeResult `json:"modes"`
@@ -185,8 +189,8 @@ func RunWAN(ctx context.Context, cfg WANConfig) (WANResult, error) {
 	defer os.RemoveAll(dir)
 	r := &wanRun{cfg: cfg, pgbench: filepath.Join(bin, "pgbench"), dir: dir}
 	res := WANResult{Nodes: cfg.Nodes, RTTms: ms(cfg.Shape.RTT), JitterMs: ms(cfg.Shape.Jitter), Bandwidth: cfg.Shape.Bandwidth,
-		Scale: cfg.Scale, Clients: cfg.Clients, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
-	r.say("pgbench scale %d, %d clients, %s per mode; %d sites, links: %s", cfg.Scale, cfg.Clients, cfg.Duration, cfg.Nodes, cfg.Shape)
+		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
+	r.say("pgbench scale %d, %d clients%s, %s per mode; %d sites, links: %s", cfg.Scale, cfg.Clients, rateText(cfg.Rate), cfg.Duration, cfg.Nodes, cfg.Shape)
 	for _, mode := range AllModes {
 		if !slices.Contains(cfg.Modes, mode) {
 			continue
@@ -351,6 +355,12 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 	for _, s := range sites {
 		nodes = append(nodes, hbNode{site: s.n, name: s.name, dsn: s.server.DSN("bench")})
 	}
+	// The join's aftermath (the joiner restamps the rows it copied, which
+	// its peers then receive) must not count in the first measurement.
+	r.say("waiting for the group to be quiet (every slot confirmed up to the WAL's end)")
+	if err := waitQuiet(ctx, nodes); err != nil {
+		return nil, err
+	}
 	var out []ModeResult
 	if local {
 		m, err := r.measure(ctx, measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
@@ -438,4 +448,29 @@ func waitStreaming(ctx context.Context, c *adminapi.Client, n int) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// waitQuiet waits until, on every node, every logical slot has been
+// confirmed up to where the WAL was when the wait began.
+func waitQuiet(ctx context.Context, nodes []hbNode) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for _, n := range nodes {
+		var end string
+		conn, err := pgx.Connect(ctx, n.dsn)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		err = conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end)
+		conn.Close(context.Background())
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		const behind = `SELECT count(*) = 0 FROM pg_replication_slots
+			WHERE slot_type = 'logical' AND (confirmed_flush_lsn IS NULL OR confirmed_flush_lsn < '%s'::pg_lsn)`
+		if err := waitFor(ctx, n.dsn, fmt.Sprintf(behind, end)); err != nil {
+			return fmt.Errorf("waiting for the slots of %s to be confirmed up to %s: %w", n.name, end, err)
+		}
+	}
+	return nil
 }

@@ -45,11 +45,12 @@ Commands:
   bench wan [flags]        pgbench across emulated WAN links: streaming replication,
                            multi-master near writes (one site, all sites), no replication
                            (--bdrd PATH --nodes 2 --rtt 77ms --jitter 0ms --bandwidth 160mbit
-                            --scale 10 --clients 10 --duration 60s --modes sr,baseline,mm-local,mm-both
+                            --scale 10 --clients 10 --rate 0 --duration 60s
+                            --modes sr,baseline,mm-local,mm-both
                             --json --out DIR --compare-seed)
   bench pgbench [flags]    pgbench from this host against a member of an existing group and
                            the replication lag between every pair of members
-                           (--node ADDR --target NAME --clients 10 --duration 60s
+                           (--node ADDR --target NAME --clients 10 --rate 0 --duration 60s
                             --init --scale 10 --json --out DIR)
 
 --node defaults to $BDRCTL_NODE, then 127.0.0.1:7801; ADDR is host:port or
