@@ -47,7 +47,7 @@ func (r WANResult) Report() string {
 	var b strings.Builder
 	b.WriteString(r.Header() + "\n\n")
 	modeTable(&b, r.Modes)
-	modeDetails(&b, r.Modes)
+	modeDetails(&b, r.Modes, true)
 	if t := r.Targets(); len(t) > 0 {
 		b.WriteString("\ntargets:\n")
 		for _, c := range t {
@@ -207,9 +207,10 @@ func modeTable(b *strings.Builder, modes []ModeResult) {
 	_ = tw.Flush()
 }
 
-// modeDetails writes what the table leaves out: TPS by site, lag by pair,
-// heartbeats never seen, conflicts by node, failures, bytes by link.
-func modeDetails(b *strings.Builder, modes []ModeResult) {
+// modeDetails writes what the table leaves out: TPS by site, lag by pair
+// (with lagPairs), heartbeats never seen, conflicts by node, failures,
+// bytes by link.
+func modeDetails(b *strings.Builder, modes []ModeResult, lagPairs bool) {
 	for _, m := range modes {
 		var details []string
 		if len(m.PerSite) > 0 {
@@ -219,7 +220,7 @@ func modeDetails(b *strings.Builder, modes []ModeResult) {
 			}
 			details = append(details, "tps by site: "+strings.Join(s, ", "))
 		}
-		if len(m.LagPairs) > 1 {
+		if lagPairs && len(m.LagPairs) > 1 {
 			var s []string
 			for _, p := range m.LagPairs {
 				s = append(s, fmt.Sprintf("%s->%s p50 %.1f p99 %.1f", p.From, p.To, p.P50, p.P99))

@@ -70,7 +70,7 @@ func (r SitesResult) Report() string {
 	b.WriteString("lag: heartbeat committed on each member every 100 ms, polled on each other member from this host;\n" +
 		"both times on this host's clock, each corrected by half its connection's round trip (the members' clocks do not matter)\n\n")
 	modeTable(&b, []ModeResult{r.Run})
-	modeDetails(&b, []ModeResult{r.Run})
+	modeDetails(&b, []ModeResult{r.Run}, false)
 	if len(r.Run.LagPairs) > 0 {
 		b.WriteString("\n")
 		tw := newTable(&b)

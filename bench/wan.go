@@ -238,11 +238,12 @@ func (r *wanRun) startLoaded(ctx context.Context) (*pgcluster.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.CreateDatabase(ctx, "bench"); err == nil {
+	err = s.CreateDatabase(ctx, "bench")
+	if err == nil {
 		err = run(ctx, s.Command(ctx, "pgbench", "-i", "-q", "-s", strconv.Itoa(r.cfg.Scale), "bench"))
-		if err == nil {
-			err = exec1(ctx, s.DSN("bench"), heartbeatDDL)
-		}
+	}
+	if err == nil {
+		err = exec1(ctx, s.DSN("bench"), heartbeatDDL)
 	}
 	if err != nil {
 		return nil, errors.Join(err, s.Remove())

@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
 )
 
 // bdrdBinary is bdrd built once for the package's tests.
@@ -20,7 +22,11 @@ var bdrdBinary = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "bdrd")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/bdr-dev/bdr/cmd/bdrd")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("the tests build bdrd with go: %w", err)
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "github.com/bdr-dev/bdr/cmd/bdrd")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build bdrd: %v: %s", err, out)
 	}
@@ -195,4 +201,61 @@ type testWriter struct {
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Logf("%5.1fs %s", time.Since(w.start).Seconds(), strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// TestSites runs the benchmark against an existing group of two members
+// (here on this machine): it loads pgbench through one, runs it, and
+// measures the lag both ways.
+func TestSites(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	var admins []string
+	for _, name := range []string{"tokyo", "singapore"} {
+		s, err := pgcluster.Start(ctx, pgcluster.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Remove()
+		if err := s.CreateDatabase(ctx, "app"); err != nil {
+			t.Fatal(err)
+		}
+		b, err := startBdrd(ctx, bdrd(t), name, s.DSN("app"), filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.stop()
+		if len(admins) == 0 {
+			_, err = b.client.Init(ctx)
+		} else {
+			err = b.client.JoinAndWait(ctx, adminapi.JoinRequest{Via: admins[0]}, 100*time.Millisecond, nil)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		admins = append(admins, b.admin)
+	}
+	res, err := RunSites(ctx, SitesConfig{Admin: admins[1], Target: "tokyo", Init: true, Scale: 1, Clients: 2, Rate: 50,
+		Duration: 2 * time.Second, Progress: testWriter{t, time.Now()}, ProgressEvery: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", res.Report())
+	if res.Target != "tokyo" || len(res.Nodes) != 2 || res.Run.TPS <= 0 || res.Run.Transactions == 0 {
+		t.Errorf("result %+v", res)
+	}
+	if len(res.Run.LagPairs) != 2 {
+		t.Fatalf("lag pairs %+v, want both ways", res.Run.LagPairs)
+	}
+	for _, p := range res.Run.LagPairs {
+		if p.Samples < 10 || p.Unseen != 0 || p.P50 <= 0 {
+			t.Errorf("lag %s -> %s: %+v", p.From, p.To, p)
+		}
+	}
+	if res.Run.Conflicts == nil || res.Run.TotalConflicts() != 0 {
+		t.Errorf("conflicts %v, want none with one writer", res.Run.Conflicts)
+	}
+	if _, err := RunSites(ctx, SitesConfig{Admin: admins[0], Target: "osaka", Scale: 1, Clients: 1, Duration: time.Second}); err == nil ||
+		!strings.Contains(err.Error(), "not an active member") {
+		t.Errorf("unknown target: %v", err)
+	}
 }
