@@ -43,9 +43,10 @@ type measurer struct {
 	progress io.Writer
 }
 
-// drainFor is how long the heartbeat readers get after the load to see
-// the last heartbeats.
-const drainFor = time.Minute
+// drainFor is how long the heartbeat readers get after a load of d to
+// see the last heartbeats: replication may be far behind when the load
+// ends.
+func drainFor(d time.Duration) time.Duration { return max(time.Minute, 3*d) }
 
 func (r *wanRun) measure(ctx context.Context, m measurement) (ModeResult, error) {
 	mr := measurer{pgbench: r.pgbench, dir: r.dir, clients: r.cfg.Clients, rate: r.cfg.Rate, duration: r.cfg.Duration,
@@ -80,7 +81,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 	hctx, stopHeartbeat := context.WithCancel(ctx)
 	defer stopHeartbeat()
 	if len(m.hbFrom) > 0 {
-		go func() { hbDone <- hb.run(hctx, loadDone, m.hbFrom, m.hbTo, drainFor) }()
+		go func() { hbDone <- hb.run(hctx, loadDone, m.hbFrom, m.hbTo, drainFor(mr.duration)) }()
 	} else {
 		hbDone <- nil
 	}

@@ -356,14 +356,18 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 	for _, s := range sites {
 		nodes = append(nodes, hbNode{site: s.n, name: s.name, dsn: s.server.DSN("bench")})
 	}
-	// The join's aftermath (the joiner restamps the rows it copied, which
-	// its peers then receive) must not count in the first measurement.
-	r.say("waiting for the group to be quiet (every slot confirmed up to the WAL's end)")
-	if err := waitQuiet(ctx, nodes); err != nil {
-		return nil, err
+	// Each mode starts on a quiet group: neither the join's aftermath (the
+	// joiner restamps the rows it copied, which its peers then receive)
+	// nor a backlog of the previous mode counts in it.
+	quiet := func() error {
+		r.say("waiting for the group to be quiet (every slot confirmed up to the WAL's end)")
+		return waitQuiet(ctx, nodes, max(2*time.Minute, 5*r.cfg.Duration))
 	}
 	var out []ModeResult
 	if local {
+		if err := quiet(); err != nil {
+			return nil, err
+		}
 		m, err := r.measure(ctx, measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
 			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes})
 		if err != nil {
@@ -372,6 +376,9 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 		out = append(out, m)
 	}
 	if both {
+		if err := quiet(); err != nil {
+			return nil, err
+		}
 		var loads []load
 		var names []string
 		for _, n := range nodes {
@@ -453,8 +460,8 @@ func waitStreaming(ctx context.Context, c *adminapi.Client, n int) error {
 
 // waitQuiet waits until, on every node, every logical slot has been
 // confirmed up to where the WAL was when the wait began.
-func waitQuiet(ctx context.Context, nodes []hbNode) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func waitQuiet(ctx context.Context, nodes []hbNode, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for _, n := range nodes {
 		var end string
