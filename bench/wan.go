@@ -429,7 +429,8 @@ func (r *wanRun) startSiteBdrd(ctx context.Context, w *wan, s *site) error {
 }
 
 // waitStreaming waits until the group has all its n*(n-1) streams
-// streaming, as the member at c sees them.
+// streaming and every member up (gossip crosses the WAN too), as the
+// member at c sees them.
 func waitStreaming(ctx context.Context, c *adminapi.Client, n int) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -443,16 +444,21 @@ func waitStreaming(ctx context.Context, c *adminapi.Client, n int) error {
 				if s.State == "streaming" {
 					up++
 				} else {
-					last = append(last, fmt.Sprintf("%s->%s %s %s", s.From, s.To, s.State, s.LastError))
+					last = append(last, fmt.Sprintf("stream %s->%s %s %s", s.From, s.To, s.State, s.LastError))
 				}
 			}
-			if up == n*(n-1) {
+			for _, m := range st.Nodes {
+				if m.Live != "up" {
+					last = append(last, fmt.Sprintf("member %s %q", m.Name, m.Live))
+				}
+			}
+			if up == n*(n-1) && len(last) == 0 {
 				return nil
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the group's streams are not all streaming: %s (%v)", strings.Join(last, "; "), err)
+			return fmt.Errorf("the group is not all up and streaming: %s (%v)", strings.Join(last, "; "), err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
