@@ -254,6 +254,15 @@ func TestSites(t *testing.T) {
 	if res.Run.Conflicts == nil || res.Run.TotalConflicts() != 0 {
 		t.Errorf("conflicts %v, want none with one writer", res.Run.Conflicts)
 	}
+	out := t.TempDir()
+	if err := res.WriteReport(out, "bdrctl bench pgbench (test)", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"report.md", "result.json", "pgbench.png"} {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("report file %s: %v", f, err)
+		}
+	}
 	if _, err := RunSites(ctx, SitesConfig{Admin: admins[0], Target: "osaka", Scale: 1, Clients: 1, Duration: time.Second}); err == nil ||
 		!strings.Contains(err.Error(), "not an active member") {
 		t.Errorf("unknown target: %v", err)
