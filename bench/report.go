@@ -75,7 +75,7 @@ func (c Check) String() string {
 
 // Targets checks the targets on the modes that ran.
 func (r WANResult) Targets() []Check {
-	var out []Check
+	out := []Check{}
 	local, okL := r.Mode(ModeLocal)
 	if base, ok := r.Mode(ModeBaseline); ok && okL && base.TPS > 0 {
 		v := local.TPS / base.TPS
