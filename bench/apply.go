@@ -283,13 +283,20 @@ func startBdrd(ctx context.Context, bin, name, dsn, dataDir string) (*bdrdProc, 
 		}
 		addrs[i] = a
 	}
+	return startBdrdAt(ctx, bin, name, dsn, dataDir, addrs)
+}
+
+// startBdrdAt starts bdrd with its admin API, gossip and consensus on the
+// given addresses, in that order, and extra flags.
+func startBdrdAt(ctx context.Context, bin, name, dsn, dataDir string, addrs [3]string, extra ...string) (*bdrdProc, error) {
 	admin := addrs[0]
 	logf, err := os.Create(dataDir + ".log")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--node-name", name, "--dsn", dsn, "--admin-listen", admin, "--admin-insecure-loopback",
-		"--gossip-listen", addrs[1], "--raft-listen", addrs[2], "--data-dir", dataDir)
+	args := []string{"--node-name", name, "--dsn", dsn, "--admin-listen", admin, "--admin-insecure-loopback",
+		"--gossip-listen", addrs[1], "--raft-listen", addrs[2], "--data-dir", dataDir}
+	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

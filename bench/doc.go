@@ -3,8 +3,22 @@
 // side by side with the reference in the same run, reports, and removes
 // everything it started.
 //
-// Today it has the apply benchmark (RunApply): catch-up speed of bdrd
-// against PostgreSQL's own logical replication on the same pgbench changes.
+//   - RunApply: catch-up speed of bdrd against PostgreSQL's own logical
+//     replication on the same pgbench changes.
+//   - RunJoin: a join under load against pg_dump | pg_restore.
+//   - RunWAN: pgbench across emulated WAN links (in-process toxiproxy
+//     proxies, one per service of each site, with a toxic of our own for
+//     delay, jitter and bandwidth that also counts the bytes, and a UDP
+//     relay for gossip): streaming replication with the client writing to
+//     the remote primary, multi-master with the client at its near node
+//     (at one site, then at all at once), and one server without
+//     replication; TPS and latency from pgbench's per-transaction logs,
+//     replication lag from a heartbeat table, conflicts, bytes per link.
+//   - RunSites: the same measurements against an existing group (real
+//     sites), pgbench from this host to one member and the lag between
+//     every pair of members.
 //
-// Functions are safe for concurrent use; each run owns its servers.
+// Functions are safe for concurrent use; each run owns its servers,
+// processes and proxies, and removes them also when its context is
+// cancelled.
 package bench

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -41,6 +42,16 @@ Commands:
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
   bench join [flags]       join under pgbench load against pg_dump | pg_restore
                            (--bdrd PATH --scale 50 --clients 8 --rate 100 --json)
+  bench wan [flags]        pgbench across emulated WAN links: streaming replication,
+                           multi-master near writes (one site, all sites), no replication
+                           (--bdrd PATH --nodes 2 --rtt 77ms --jitter 0ms --bandwidth 160mbit
+                            --scale 10 --clients 10 --rate 0 --duration 60s
+                            --modes sr,baseline,mm-local,mm-both
+                            --json --out DIR --compare-seed)
+  bench pgbench [flags]    pgbench from this host against a member of an existing group and
+                           the replication lag between every pair of members
+                           (--node ADDR --target NAME --clients 10 --rate 0 --duration 60s
+                            --init --scale 10 --json --out DIR)
 
 --node defaults to $BDRCTL_NODE, then 127.0.0.1:7801; ADDR is host:port or
 unix:/path/to.sock. The admin token bdrd requires comes from --token-file FILE,
@@ -440,8 +451,9 @@ func checksums(ctx context.Context, cl clients, node string, asJSON bool, w io.W
 
 // benchCommand runs a benchmark on this machine.
 func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "apply" && args[0] != "join") {
-		return usageError{"bench needs a benchmark name: apply or join"}
+	names := []string{"apply", "join", "wan", "pgbench"}
+	if len(args) == 0 || !slices.Contains(names, args[0]) {
+		return usageError{"bench needs a benchmark name: apply, join, wan or pgbench"}
 	}
 	fs := flag.NewFlagSet("bdrctl bench "+args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -449,7 +461,12 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	bdrd := fs.String("bdrd", filepath.Join(filepath.Dir(self), "bdrd"), "bdrd binary")
 	dir := fs.String("dir", "", "parent directory of the servers (default: the temp dir)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if args[0] == "join" {
+	switch args[0] {
+	case "wan":
+		return benchWAN(ctx, fs, args, bdrd, dir, asJSON, stdout, stderr)
+	case "pgbench":
+		return benchSites(ctx, fs, args, asJSON, stdout, stderr)
+	case "join":
 		cfg := bench.JoinConfig{Progress: stderr}
 		fs.IntVar(&cfg.Scale, "scale", 50, "pgbench scale of the group's database")
 		fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients on each member")

@@ -195,3 +195,27 @@ func TestStatusAndPart(t *testing.T) {
 		t.Errorf("the parted node has %d rows, want 1 (nothing after the part)", got)
 	}
 }
+
+func TestBenchFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench", "wan", "--bandwidth", "fast"}, `--bandwidth "fast"`},
+		{[]string{"bench", "wan", "--rtt", "10.5ms"}, "--rtt and --jitter must be whole milliseconds"},
+		{[]string{"bench", "wan", "--rtt", "10ms", "--jitter", "20ms"}, "--jitter must not exceed half the --rtt"},
+		{[]string{"bench", "wan", "--nodes", "1"}, "--nodes must be at least 2"},
+		{[]string{"bench", "wan", "--modes", "sr,async"}, `unknown mode "async"`},
+		{[]string{"bench", "wan", "--duration", "1500ms"}, "--duration must be a whole number of seconds"},
+		{[]string{"bench", "wan", "--bdrd", "/nonexistent/bdrd"}, "bdrd binary"},
+		{[]string{"bench", "wan", "extra"}, "takes no arguments"},
+		{[]string{"bench", "pgbench", "--clients", "0"}, "--scale and --clients must be at least 1"},
+		{[]string{"bench", "frob"}, "apply, join, wan or pgbench"},
+	} {
+		code, _, stderr := bdrctl(t, c.args...)
+		first, _, _ := strings.Cut(stderr, "\n")
+		if code != 2 || !strings.HasPrefix(first, "bdrctl: ") || !strings.Contains(first, c.want) {
+			t.Errorf("bdrctl %v: exit %d, first line %q; want exit 2 and a line saying %q", c.args, code, first, c.want)
+		}
+	}
+}

@@ -33,6 +33,11 @@ type Options struct {
 	// LogOutput receives the server log. When nil, the log goes to the file
 	// postgres.log in the server's directory (see [Server.LogPath]).
 	LogOutput io.Writer
+	// StandbyOf, when set, is the connection string of a running primary:
+	// instead of initdb, the data directory is copied from it with
+	// pg_basebackup, and the server runs as its streaming-replication
+	// standby (primary_conninfo is that connection string).
+	StandbyOf string
 }
 
 // defaultSettings are the postgresql.conf settings every server gets.
@@ -135,11 +140,20 @@ func (s *Server) setup(ctx context.Context, opts Options) error {
 		s.logPath = filepath.Join(s.dir, "postgres.log")
 	}
 
-	initdb := s.owner.command(filepath.Join(s.bin, "initdb"), "-D", s.dataDir,
-		"-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
-	initdb.Dir = s.dir
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %w: %s", err, tail(out, 2000))
+	if opts.StandbyOf != "" {
+		backup := s.owner.command(filepath.Join(s.bin, "pg_basebackup"), "-d", opts.StandbyOf, "-D", s.dataDir,
+			"-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
+		backup.Dir = s.dir
+		if out, err := backup.CombinedOutput(); err != nil {
+			return fmt.Errorf("pg_basebackup: %w: %s", err, tail(out, 2000))
+		}
+	} else {
+		initdb := s.owner.command(filepath.Join(s.bin, "initdb"), "-D", s.dataDir,
+			"-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+		initdb.Dir = s.dir
+		if out, err := initdb.CombinedOutput(); err != nil {
+			return fmt.Errorf("initdb: %w: %s", err, tail(out, 2000))
+		}
 	}
 	base, err := os.ReadFile(filepath.Join(s.dataDir, "postgresql.conf"))
 	if err != nil {

@@ -1,0 +1,490 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+)
+
+// The modes of the WAN benchmark.
+const (
+	ModeSR       = "sr"       // client at site 1 writing to a streaming-replication primary at site 2
+	ModeLocal    = "mm-local" // client at site 1 writing to its near multi-master node
+	ModeBoth     = "mm-both"  // clients at every site writing to their near nodes at once
+	ModeBaseline = "baseline" // one PostgreSQL, no replication, client local
+)
+
+// AllModes are the modes in the order they run and are reported.
+var AllModes = []string{ModeSR, ModeBaseline, ModeLocal, ModeBoth}
+
+// WANConfig configures the WAN benchmark.
+type WANConfig struct {
+	Bdrd     string        // bdrd binary
+	Nodes    int           // sites of the multi-master group
+	Shape    Shape         // what the links between sites do
+	Scale    int           // pgbench scale
+	Clients  int           // pgbench clients (at each site in mm-both)
+	Rate     int           // pgbench transactions a second at each site; 0 = as fast as it goes
+	Duration time.Duration // pgbench run of each mode
+	Modes    []string      // which modes; nil = all
+	Dir      string        // parent directory for the servers ("" = temp)
+	Progress io.Writer     // progress lines; nil = none
+	// ProgressEvery is the interval of progress lines during a run
+	// (default 5 s).
+	ProgressEvery time.Duration
+}
+
+// Validate checks the configuration and fills defaults.
+func (c *WANConfig) Validate() error {
+	switch {
+	case c.Nodes < 2:
+		return errors.New("bench wan: --nodes must be at least 2")
+	case c.Nodes > 16:
+		return errors.New("bench wan: --nodes must be at most 16")
+	case c.Scale < 1 || c.Clients < 1 || c.Rate < 0:
+		return errors.New("bench wan: --scale and --clients must be at least 1 and --rate not negative")
+	case c.Duration < time.Second || c.Duration%time.Second != 0:
+		return errors.New("bench wan: --duration must be a whole number of seconds, at least 1s")
+	case c.Shape.RTT < 0 || c.Shape.Jitter < 0 || c.Shape.Bandwidth < 0:
+		return errors.New("bench wan: --rtt, --jitter and --bandwidth must not be negative")
+	case c.Shape.RTT%time.Millisecond != 0 || c.Shape.Jitter%time.Millisecond != 0:
+		return errors.New("bench wan: --rtt and --jitter must be whole milliseconds")
+	case c.Shape.Jitter > c.Shape.oneWay():
+		return errors.New("bench wan: --jitter must not exceed half the --rtt")
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = AllModes
+	}
+	for _, m := range c.Modes {
+		if !slices.Contains(AllModes, m) {
+			return fmt.Errorf("bench wan: unknown mode %q (modes: %s)", m, strings.Join(AllModes, ", "))
+		}
+	}
+	if c.ProgressEvery <= 0 {
+		c.ProgressEvery = 5 * time.Second
+	}
+	if needsBdrd(c.Modes) {
+		if c.Bdrd == "" {
+			return errors.New("bench wan: the bdrd binary is required (--bdrd)")
+		}
+		if _, err := os.Stat(c.Bdrd); err != nil {
+			return fmt.Errorf("bench wan: bdrd binary: %w", err)
+		}
+	}
+	return nil
+}
+
+func needsBdrd(modes []string) bool {
+	return slices.Contains(modes, ModeLocal) || slices.Contains(modes, ModeBoth)
+}
+
+// ModeResult is what one mode measured.
+type ModeResult struct {
+	Mode         string  `json:"mode"`
+	Writers      string  `json:"writers"` // where the clients write, e.g. "site1 -> site2 (primary)"
+	Transactions int64   `json:"transactions"`
+	TPS          float64 `json:"tps"` // pgbench's, without connection time; summed over the sites
+	Failed       int64   `json:"failed_transactions"`
+	LatencyAvg   float64 `json:"latency_avg_ms"`
+	LatencyP50   float64 `json:"latency_p50_ms"`
+	LatencyP99   float64 `json:"latency_p99_ms"`
+	// Lag is the replication lag over every measured pair, nil without
+	// replication; LagPairs per writer and reader.
+	Lag      *LagStats   `json:"lag,omitempty"`
+	LagPairs []LagStats  `json:"lag_pairs,omitempty"`
+	Lags     []LagPoint  `json:"lag_samples,omitempty"`
+	PerSite  []SiteTPS   `json:"per_site,omitempty"`
+	Links    []LinkBytes `json:"links,omitempty"`
+	// Conflicts recorded during the run on each node (bdr.conflict_history),
+	// nil for modes without bdr.
+	Conflicts map[string]int64 `json:"conflicts,omitempty"`
+	// TPSSeries is the transactions finished in each second of the run.
+	TPSSeries []int64 `json:"tps_series"`
+}
+
+// SiteTPS is one site's pgbench in a mode with clients at several sites.
+type SiteTPS struct {
+	Site string  `json:"site"`
+	TPS  float64 `json:"tps"`
+}
+
+// TotalConflicts sums the conflicts over the nodes.
+func (m ModeResult) TotalConflicts() int64 {
+	var n int64
+	for _, c := range m.Conflicts {
+		n += c
+	}
+	return n
+}
+
+// WANResult is what the WAN benchmark measured.
+type WANResult struct {
+	Nodes       int          `json:"nodes"`
+	RTTms       float64      `json:"rtt_ms"`
+	JitterMs    float64      `json:"jitter_ms"`
+	Bandwidth   int64        `json:"bandwidth_bits_per_s"` // 0 = unlimited
+	Scale       int          `json:"scale"`
+	Clients     int          `json:"clients"`
+	Rate        int          `json:"rate,omitempty"`
+	DurationSec float64      `json:"duration_s"`
+	Started     time.Time    `json:"started"`
+	Modes       []ModeResult `json:"modes"`
+}
+
+// Mode returns the result of mode, if it ran.
+func (r WANResult) Mode(mode string) (ModeResult, bool) {
+	for _, m := range r.Modes {
+		if m.Mode == mode {
+			return m, true
+		}
+	}
+	return ModeResult{}, false
+}
+
+// wanRun is one run of the WAN benchmark.
+type wanRun struct {
+	cfg     WANConfig
+	pgbench string // the pgbench binary
+	dir     string // pgbench logs, bdrd data dirs
+}
+
+func (r *wanRun) say(format string, args ...any) {
+	if r.cfg.Progress != nil {
+		fmt.Fprintf(r.cfg.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// serverSettings are the same for every server of every mode.
+var serverSettings = map[string]string{"shared_buffers": "128MB", "max_wal_size": "2GB", "checkpoint_timeout": "30min"}
+
+// RunWAN runs pgbench in each mode on servers of this machine whose sites
+// reach each other only through emulated WAN links, and measures TPS,
+// latency, replication lag, conflicts and the bytes on each link. Every
+// server, bdrd and proxy it starts is gone when it returns, also when ctx
+// is cancelled.
+func RunWAN(ctx context.Context, cfg WANConfig) (WANResult, error) {
+	if err := cfg.Validate(); err != nil {
+		return WANResult{}, err
+	}
+	bin, err := pgcluster.BinDir()
+	if err != nil {
+		return WANResult{}, err
+	}
+	dir, err := os.MkdirTemp(cfg.Dir, "bench-wan")
+	if err != nil {
+		return WANResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	r := &wanRun{cfg: cfg, pgbench: filepath.Join(bin, "pgbench"), dir: dir}
+	res := WANResult{Nodes: cfg.Nodes, RTTms: ms(cfg.Shape.RTT), JitterMs: ms(cfg.Shape.Jitter), Bandwidth: cfg.Shape.Bandwidth,
+		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
+	r.say("pgbench scale %d, %d clients%s, %s per mode; %d sites, links: %s", cfg.Scale, cfg.Clients, rateText(cfg.Rate), cfg.Duration, cfg.Nodes, cfg.Shape)
+	for _, mode := range AllModes {
+		if !slices.Contains(cfg.Modes, mode) {
+			continue
+		}
+		var m []ModeResult
+		var err error
+		switch mode {
+		case ModeSR:
+			m, err = r.runSR(ctx)
+		case ModeBaseline:
+			m, err = r.runBaseline(ctx)
+		case ModeLocal:
+			m, err = r.runGroup(ctx, slices.Contains(cfg.Modes, ModeLocal), slices.Contains(cfg.Modes, ModeBoth))
+		case ModeBoth:
+			if slices.Contains(cfg.Modes, ModeLocal) {
+				continue // ran with mm-local on the same group
+			}
+			m, err = r.runGroup(ctx, false, true)
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", mode, err)
+		}
+		res.Modes = append(res.Modes, m...)
+	}
+	return res, nil
+}
+
+// runBaseline: one server, no replication, the client next to it.
+func (r *wanRun) runBaseline(ctx context.Context) ([]ModeResult, error) {
+	r.say("baseline: one PostgreSQL, no replication")
+	s, err := r.startLoaded(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Remove()
+	m, err := r.measure(ctx, measurement{mode: ModeBaseline, who: "site1 (no replication)",
+		loads: []load{{site: 1, dsn: s.DSN("bench")}}})
+	return []ModeResult{m}, err
+}
+
+// startLoaded starts a server with database bench loaded by pgbench -i
+// and the heartbeat table.
+func (r *wanRun) startLoaded(ctx context.Context) (*pgcluster.Server, error) {
+	s, err := pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings})
+	if err != nil {
+		return nil, err
+	}
+	err = s.CreateDatabase(ctx, "bench")
+	if err == nil {
+		err = run(ctx, s.Command(ctx, "pgbench", "-i", "-q", "-s", strconv.Itoa(r.cfg.Scale), "bench"))
+	}
+	if err == nil {
+		err = exec1(ctx, s.DSN("bench"), heartbeatDDL)
+	}
+	if err != nil {
+		return nil, errors.Join(err, s.Remove())
+	}
+	return s, nil
+}
+
+// runSR: the primary at site 2, its standby at site 1 made with
+// pg_basebackup through the WAN and streaming through it; the client at
+// site 1 writes to the primary across the WAN.
+func (r *wanRun) runSR(ctx context.Context) ([]ModeResult, error) {
+	r.say("sr: primary at site 2, standby at site 1 (pg_basebackup and streaming through the WAN)")
+	primary, err := r.startLoaded(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer primary.Remove()
+	w := newWAN(r.cfg.Shape)
+	defer w.close()
+	addr, err := w.add(2, "postgres", fmt.Sprintf("%s:%d", primary.Host(), primary.Port()), false)
+	if err != nil {
+		return nil, err
+	}
+	remote := proxyDSN(addr, "bench")
+	standby, err := pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings,
+		StandbyOf: proxyDSN(addr, "postgres") + " application_name=site1"})
+	if err != nil {
+		return nil, fmt.Errorf("standby: %w", err)
+	}
+	defer standby.Remove()
+	if err := waitFor(ctx, primary.DSN("postgres"), `SELECT count(*) = 1 FROM pg_stat_replication WHERE state = 'streaming'`); err != nil {
+		return nil, err
+	}
+	m, err := r.measure(ctx, measurement{mode: ModeSR, who: "site1 -> site2 (primary, across the WAN)",
+		loads:  []load{{site: 1, dsn: remote}},
+		hbFrom: []hbNode{{site: 2, name: "site2", dsn: primary.DSN("bench")}},
+		hbTo:   []hbNode{{site: 1, name: "site1", dsn: standby.DSN("bench")}},
+		wan:    w})
+	return []ModeResult{m}, err
+}
+
+// proxyDSN is the connection string of database db through a proxy.
+func proxyDSN(addr, db string) string {
+	host, port, _ := strings.Cut(addr, ":")
+	return fmt.Sprintf("host=%s port=%s user=postgres dbname=%s sslmode=disable", host, port, db)
+}
+
+// site is one node of the multi-master group.
+type site struct {
+	n      int
+	name   string
+	server *pgcluster.Server
+	bdrd   *bdrdProc
+	admin  string // the admin API as the other sites reach it
+}
+
+// runGroup sets up the multi-master group, every site reaching the others
+// only through the WAN, and runs mm-local and/or mm-both on it.
+func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, error) {
+	r.say("multi-master: %d sites, each with PostgreSQL and bdrd", r.cfg.Nodes)
+	w := newWAN(r.cfg.Shape)
+	var sites []*site
+	// Every bdrd stops before the servers: a walsender waits at shutdown
+	// for its receiver to confirm what it sent.
+	defer func() {
+		for _, s := range sites {
+			if s.bdrd != nil {
+				s.bdrd.stop()
+			}
+		}
+		for _, s := range sites {
+			if s.server != nil {
+				_ = s.server.Remove()
+			}
+		}
+		w.close()
+	}()
+	for i := range r.cfg.Nodes {
+		s := &site{n: i + 1, name: fmt.Sprintf("site%d", i+1)}
+		sites = append(sites, s)
+		var err error
+		if i == 0 {
+			s.server, err = r.startLoaded(ctx)
+		} else {
+			s.server, err = pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings})
+			if err == nil {
+				err = s.server.CreateDatabase(ctx, "bench")
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := r.startSiteBdrd(ctx, w, s); err != nil {
+			return nil, err
+		}
+	}
+	r.say("bdrd: init at site1, %d join(s) through the WAN", len(sites)-1)
+	if _, err := sites[0].bdrd.client.Init(ctx); err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	for _, s := range sites[1:] {
+		if err := s.bdrd.client.JoinAndWait(ctx, adminapi.JoinRequest{Via: sites[0].admin}, 200*time.Millisecond, nil); err != nil {
+			return nil, fmt.Errorf("join of %s: %w", s.name, err)
+		}
+	}
+	if err := waitStreaming(ctx, sites[0].bdrd.client, len(sites)); err != nil {
+		return nil, err
+	}
+	var nodes []hbNode
+	for _, s := range sites {
+		nodes = append(nodes, hbNode{site: s.n, name: s.name, dsn: s.server.DSN("bench")})
+	}
+	// Each mode starts on a quiet group: neither the join's aftermath (the
+	// joiner restamps the rows it copied, which its peers then receive)
+	// nor a backlog of the previous mode counts in it.
+	quiet := func() error {
+		r.say("waiting for the group to be quiet (every slot confirmed up to the WAL's end)")
+		return waitQuiet(ctx, nodes, max(2*time.Minute, 5*r.cfg.Duration))
+	}
+	var out []ModeResult
+	if local {
+		if err := quiet(); err != nil {
+			return nil, err
+		}
+		m, err := r.measure(ctx, measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
+			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	if both {
+		if err := quiet(); err != nil {
+			return nil, err
+		}
+		var loads []load
+		var names []string
+		for _, n := range nodes {
+			loads = append(loads, load{site: n.site, dsn: n.dsn})
+			names = append(names, fmt.Sprintf("%s -> %s", n.name, n.name))
+		}
+		m, err := r.measure(ctx, measurement{mode: ModeBoth, who: strings.Join(names, ", ") + " (near nodes, at once)",
+			loads: loads, hbFrom: nodes, hbTo: nodes, wan: w, bdr: nodes})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// startSiteBdrd starts the site's bdrd, with proxies in front of its
+// PostgreSQL, admin API, gossip and consensus, whose addresses it
+// advertises: the other sites reach it only through them.
+func (r *wanRun) startSiteBdrd(ctx context.Context, w *wan, s *site) error {
+	var listen [3]string
+	for i := range listen {
+		a, err := freePort()
+		if err != nil {
+			return err
+		}
+		listen[i] = a
+	}
+	pg, err := w.add(s.n, "postgres", fmt.Sprintf("%s:%d", s.server.Host(), s.server.Port()), false)
+	if err != nil {
+		return err
+	}
+	if s.admin, err = w.add(s.n, "admin", listen[0], false); err != nil {
+		return err
+	}
+	gossip, err := w.add(s.n, "gossip", listen[1], true)
+	if err != nil {
+		return err
+	}
+	raft, err := w.add(s.n, "raft", listen[2], false)
+	if err != nil {
+		return err
+	}
+	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen,
+		"--public-dsn", proxyDSN(pg, "bench"), "--admin-advertise", s.admin,
+		"--gossip-advertise", gossip, "--raft-advertise", raft)
+	return err
+}
+
+// waitStreaming waits until the group has all its n*(n-1) streams
+// streaming and every member up (gossip crosses the WAN too), as the
+// member at c sees them.
+func waitStreaming(ctx context.Context, c *adminapi.Client, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var last []string
+	for {
+		st, err := c.Status(ctx, true)
+		if err == nil {
+			last = last[:0]
+			up := 0
+			for _, s := range st.Streams {
+				if s.State == "streaming" {
+					up++
+				} else {
+					last = append(last, fmt.Sprintf("stream %s->%s %s %s", s.From, s.To, s.State, s.LastError))
+				}
+			}
+			for _, m := range st.Nodes {
+				if m.Live != "up" {
+					last = append(last, fmt.Sprintf("member %s %q", m.Name, m.Live))
+				}
+			}
+			if up == n*(n-1) && len(last) == 0 {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the group is not all up and streaming: %s (%v)", strings.Join(last, "; "), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitQuiet waits until, on every node, every logical slot has been
+// confirmed up to where the WAL was when the wait began.
+func waitQuiet(ctx context.Context, nodes []hbNode, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for _, n := range nodes {
+		var end string
+		conn, err := pgx.Connect(ctx, n.dsn)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		err = conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end)
+		conn.Close(context.Background())
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		const behind = `SELECT count(*) = 0 FROM pg_replication_slots
+			WHERE slot_type = 'logical' AND (confirmed_flush_lsn IS NULL OR confirmed_flush_lsn < '%s'::pg_lsn)`
+		if err := waitFor(ctx, n.dsn, fmt.Sprintf(behind, end)); err != nil {
+			return fmt.Errorf("waiting for the slots of %s to be confirmed up to %s: %w", n.name, end, err)
+		}
+	}
+	return nil
+}
