@@ -407,7 +407,16 @@ func Group(t testing.TB, servers []*pgcluster.Server, prefix string, opts Option
 // WaitQuiet waits until every node has applied and flushed everything every
 // other node had written when WaitQuiet was called: for each provider P its
 // slot for each subscriber S is confirmed past P's WAL position at the start.
+// It does so twice: what a node applied while the others waited for it is
+// in its WAL after the first targets, and goes back to the others (who drop
+// it by origin, writing nothing).
 func WaitQuiet(t testing.TB, nodes []*Node, timeout time.Duration) {
+	t.Helper()
+	waitApplied(t, nodes, timeout)
+	waitApplied(t, nodes, timeout)
+}
+
+func waitApplied(t testing.TB, nodes []*Node, timeout time.Duration) {
 	t.Helper()
 	targets := make([]string, len(nodes))
 	for i, p := range nodes {
