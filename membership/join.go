@@ -298,6 +298,15 @@ func (s *Service) runJoin(ctx context.Context, t joinTask) {
 		s.log.Info("joined the group", "node_id", t.id)
 		return
 	}
+	if ctx.Err() != nil {
+		// bdrd is stopping: the join is undone when it starts again (as
+		// after a crash), not now, which would hold the stop up to minutes.
+		s.log.Warn("join interrupted by bdrd stopping; it is undone when bdrd starts again", "err", err)
+		jp := s.joinState()
+		jp.Phase, jp.Done, jp.Error = adminapi.PhaseFailed, true, "interrupted: bdrd stopped; "+err.Error()
+		s.setJoin(jp)
+		return
+	}
 	s.log.Error("join failed; undoing it", "err", err)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()

@@ -294,6 +294,7 @@ func TestJoinFailures(t *testing.T) {
 		{adminapi.PhaseSlots, "joiner"},
 		{adminapi.PhaseSnapshot, "joiner"},
 		{adminapi.PhaseCopying, "joiner"},
+		{adminapi.PhaseCopying, "joiner stop"},
 		{adminapi.PhaseStreams, "joiner"},
 		{adminapi.PhaseSnapshot, "via bdrd"},
 		{adminapi.PhaseCopying, "via postgres"},
@@ -313,6 +314,15 @@ func TestJoinFailures(t *testing.T) {
 		switch f.victim {
 		case "joiner":
 			joiner.Kill()
+			joiner.Start()
+		case "joiner stop":
+			// SIGTERM: bdrd stops at once and undoes the join when it
+			// starts again, as after a crash.
+			stopped := time.Now()
+			joiner.Stop()
+			if d := time.Since(stopped); d > 5*time.Second {
+				t.Errorf("bdrd took %s to stop during a join's copy", d.Round(100*time.Millisecond))
+			}
 			joiner.Start()
 		case "via bdrd":
 			// Down past the end of the phase's pause: the join's next
