@@ -301,10 +301,9 @@ func (s *Service) runJoin(ctx context.Context, t joinTask) {
 	if ctx.Err() != nil {
 		// bdrd is stopping: the join is undone when it starts again (as
 		// after a crash), not now, which would hold the stop up to minutes.
+		// The recorded progress stays unfinished: that is what makes the
+		// next start undo it.
 		s.log.Warn("join interrupted by bdrd stopping; it is undone when bdrd starts again", "err", err)
-		jp := s.joinState()
-		jp.Phase, jp.Done, jp.Error = adminapi.PhaseFailed, true, "interrupted: bdrd stopped; "+err.Error()
-		s.setJoin(jp)
 		return
 	}
 	s.log.Error("join failed; undoing it", "err", err)

@@ -294,7 +294,7 @@ func TestJoinFailures(t *testing.T) {
 		{adminapi.PhaseSlots, "joiner"},
 		{adminapi.PhaseSnapshot, "joiner"},
 		{adminapi.PhaseCopying, "joiner"},
-		{adminapi.PhaseCopying, "joiner stop"},
+		{adminapi.PhaseCopying, "joiner (SIGTERM)"},
 		{adminapi.PhaseStreams, "joiner"},
 		{adminapi.PhaseSnapshot, "via bdrd"},
 		{adminapi.PhaseCopying, "via postgres"},
@@ -315,7 +315,7 @@ func TestJoinFailures(t *testing.T) {
 		case "joiner":
 			joiner.Kill()
 			joiner.Start()
-		case "joiner stop":
+		case "joiner (SIGTERM)":
 			// SIGTERM: bdrd stops at once and undoes the join when it
 			// starts again, as after a crash.
 			stopped := time.Now()
