@@ -500,7 +500,8 @@ func (j *joiner) undoLocked(ctx context.Context) error {
 	if j.task.via.AdminAddr != "" {
 		_ = s.client(j.task.via.AdminAddr).Resume(ctx) // else the pause lease ends it
 	}
-	if err := s.partSelf(ctx, j.task.members, "join failed"); err != nil {
+	// Undoing is worth waiting out an election for.
+	if err := s.partSelf(ctx, j.task.members, "join failed", activateWait); err != nil {
 		return fmt.Errorf("the group could not part the half-joined node (run bdrctl join again, or bdrctl part %s on a member): %w", s.cfg.NodeName, err)
 	}
 	for _, m := range j.remoteSlots {
@@ -518,8 +519,26 @@ func (j *joiner) undoLocked(ctx context.Context) error {
 }
 
 // partSelf has the group part this node: through consensus when it runs
-// here, else through whichever member leads.
-func (s *Service) partSelf(ctx context.Context, members []adminapi.Node, reason string) error {
+// here, else through whichever member leads. While the group changes
+// leader (a busy machine, a member restarting) no member may take it: it
+// tries again for up to wait (a node already parted counts as done, so a
+// retry of a part that did commit is harmless).
+func (s *Service) partSelf(ctx context.Context, members []adminapi.Node, reason string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := s.partSelfOnce(ctx, members, reason)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Service) partSelfOnce(ctx context.Context, members []adminapi.Node, reason string) error {
 	var last error
 	if cons, _, _ := s.group(); cons != nil {
 		_, err := s.part(ctx, s.cfg.NodeName, reason)

@@ -77,7 +77,7 @@ func (s *Service) LeaveGroup(ctx context.Context) (adminapi.PartResult, error) {
 	for _, m := range members {
 		res.Done = append(res.Done, m.Name)
 	}
-	if err := s.partSelf(ctx, members, "left through bdrctl leave"); err != nil {
+	if err := s.partSelf(ctx, members, "left through bdrctl leave", electionWait); err != nil {
 		return adminapi.PartResult{}, fmt.Errorf("the group could not part node %s; it still replicates: %w", s.cfg.NodeName, err)
 	}
 	if err := s.leaveLocked(ctx); err != nil {
