@@ -189,6 +189,14 @@ func (s *Service) reconcileLocked(ctx context.Context) error {
 		inGroup[n.ID] = true
 	}
 	for _, n := range before {
+		// This node itself is not history: while consensus replays the log
+		// after a restart, the state may not have it yet; marking it parted
+		// here would hide its part, when the log gets there, from the leave
+		// below (TestPartDeadNode: a parted node back from the dead kept
+		// its slots and origins).
+		if n.IsLocal && n.ID == s.getSelfID() {
+			continue
+		}
 		if !inGroup[n.ID] && n.State != catalog.StateParted {
 			if err := catalog.SetNodeState(ctx, s.pool, n.ID, catalog.StateParted); err != nil {
 				return err
