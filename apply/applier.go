@@ -216,39 +216,23 @@ func (a *applier) run(ctx context.Context) error {
 		if err := a.pause.enter(ctx); err != nil {
 			return err
 		}
-		txns, err := a.relay.take(ctx, 200*time.Millisecond)
-		if err == nil && len(txns) == 0 && a.track.unflushed() {
+		txns, err := a.relay.take(ctx, 200*time.Millisecond, pauseSlice)
+		if err == nil && len(txns) > 0 {
+			err = a.applyBatch(ctx, txns)
+		} else if err == nil && a.track.unflushed() {
 			err = a.refreshPosition(ctx)
 		}
-		entered := true
-		for err == nil && len(txns) > 0 {
-			n := min(len(txns), pauseSlice)
-			err = a.applyBatch(ctx, txns[:n])
-			txns = txns[n:]
-			if err == nil && len(txns) > 0 && a.pause.isPaused() {
-				// A join waits for this applier: let it in between
-				// transactions rather than after the whole batch.
-				a.pause.leave()
-				if err = a.pause.enter(ctx); err != nil {
-					entered = false
-				}
-			}
-		}
-		for _, t := range txns {
-			_ = t.Close()
-		}
-		if entered {
-			a.pause.leave()
-		}
+		a.pause.leave()
 		if err != nil {
 			return err
 		}
 	}
 }
 
-// pauseSlice is how many transactions an applier applies before it lets a
-// pending pause in: a batch taken from a long relay can take seconds to
-// apply on the conflict-resolving path, longer than a join waits.
+// pauseSlice is how many transactions an applier takes from the relay at a
+// time, so that a pause (a join waiting for this applier) gets in between
+// them: a whole relay can take seconds to apply on the conflict-resolving
+// path, longer than a join waits.
 const pauseSlice = 256
 
 // applyBatch applies txns in order, pipelined. A transaction that fails

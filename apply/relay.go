@@ -63,17 +63,27 @@ func (r *relay) put(ctx context.Context, t *decoder.Txn, wait time.Duration) (bo
 	}
 }
 
-// take returns everything queued, waiting up to wait for at least one
-// transaction; it returns nothing when the wait ran out.
-func (r *relay) take(ctx context.Context, wait time.Duration) ([]*decoder.Txn, error) {
+// take returns the oldest max transactions queued (all of them when max
+// is 0), waiting up to wait for at least one; it returns nothing when the
+// wait ran out.
+func (r *relay) take(ctx context.Context, wait time.Duration, max int) ([]*decoder.Txn, error) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		r.mu.Lock()
 		if len(r.items) > 0 {
-			items := r.items
-			r.items = nil
-			r.bytes = 0
+			n := len(r.items)
+			if max > 0 && n > max {
+				n = max
+			}
+			items := r.items[:n:n]
+			if r.items = r.items[n:]; len(r.items) == 0 {
+				r.items, r.bytes = nil, 0
+			} else {
+				for _, t := range items {
+					r.bytes -= t.Bytes()
+				}
+			}
 			r.mu.Unlock()
 			signal(r.freed)
 			return items, nil

@@ -56,9 +56,7 @@ func (t *tracker) skip(end decoder.LSN, commit time.Time) bool {
 		return false
 	}
 	t.queue = append(t.queue, trackEntry{end: end, commit: commit})
-	t.applied++
-	t.processed = end
-	t.advance()
+	t.doneLocked(0, false)
 	return true
 }
 
@@ -67,6 +65,10 @@ func (t *tracker) skip(end decoder.LSN, commit time.Time) bool {
 func (t *tracker) done(local decoder.LSN, applied bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.doneLocked(local, applied)
+}
+
+func (t *tracker) doneLocked(local decoder.LSN, applied bool) {
 	if t.applied >= len(t.queue) {
 		return
 	}

@@ -70,17 +70,24 @@ func TestRelayBounds(t *testing.T) {
 	if ok, _ := r.put(ctx, txn(), 10*time.Millisecond); ok {
 		t.Fatal("put past the count bound")
 	}
-	got, err := r.take(ctx, time.Millisecond)
+	got, err := r.take(ctx, time.Millisecond, 1)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("take at most 1 = %d, %v; want one", len(got), err)
+	}
+	if ok, _ := r.put(ctx, txn(), time.Millisecond); !ok {
+		t.Fatal("put refused after a take made room")
+	}
+	got, err = r.take(ctx, time.Millisecond, 0)
 	if err != nil || len(got) != 2 {
 		t.Fatalf("take = %d, %v; want everything queued", len(got), err)
 	}
-	if got, _ := r.take(ctx, 10*time.Millisecond); len(got) != 0 {
+	if got, _ := r.take(ctx, 10*time.Millisecond, 0); len(got) != 0 {
 		t.Fatal("take from an empty relay returned something")
 	}
 	// A taker waiting is woken by a put.
 	done := make(chan int)
 	go func() {
-		got, _ := r.take(ctx, time.Minute)
+		got, _ := r.take(ctx, time.Minute, 0)
 		done <- len(got)
 	}()
 	time.Sleep(10 * time.Millisecond)
@@ -92,7 +99,7 @@ func TestRelayBounds(t *testing.T) {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := r.take(cctx, time.Minute); err == nil {
+	if _, err := r.take(cctx, time.Minute, 0); err == nil {
 		t.Fatal("take ignored a cancelled context")
 	}
 }

@@ -30,10 +30,13 @@ func echoServer(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func TestLinkDelayBandwidthAndCount(t *testing.T) {
-	w := newWAN(Shape{RTT: 40 * time.Millisecond, Bandwidth: 80e6}) // 10 MB/s each way
-	defer w.close()
-	addr, err := w.add(2, "echo", echoServer(t), false)
+// dialLink connects to target through a link of shape into site, both
+// closed when the test ends.
+func dialLink(t *testing.T, shape Shape, site int, name, target string) (*wan, net.Conn) {
+	t.Helper()
+	w := newWAN(shape)
+	t.Cleanup(w.close)
+	addr, err := w.add(site, name, target, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +44,12 @@ func TestLinkDelayBandwidthAndCount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return w, c
+}
+
+func TestLinkDelayBandwidthAndCount(t *testing.T) {
+	w, c := dialLink(t, Shape{RTT: 40 * time.Millisecond, Bandwidth: 80e6}, 2, "echo", echoServer(t)) // 10 MB/s each way
 
 	// A small message: one round trip.
 	start := time.Now()
@@ -110,17 +118,7 @@ func TestLinkManySmallWrites(t *testing.T) {
 			}()
 		}
 	}()
-	w := newWAN(Shape{RTT: 2 * time.Millisecond, Bandwidth: 1e9})
-	defer w.close()
-	addr, err := w.add(1, "server", l.Addr().String(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c := dialLink(t, Shape{RTT: 2 * time.Millisecond, Bandwidth: 1e9}, 1, "server", l.Addr().String())
 	for _, size := range []int{10, 70 << 10, 300 << 10, 1 << 20, 5} {
 		var n [4]byte
 		binary.BigEndian.PutUint32(n[:], uint32(size))
