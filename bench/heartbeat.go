@@ -134,6 +134,9 @@ func (h *heartbeat) run(ctx context.Context, load <-chan struct{}, writers, read
 	go func() { pollers.Wait(); close(done) }()
 	select {
 	case <-done:
+	case <-ctx.Done():
+		cancelPolls()
+		<-done
 	case <-time.After(drain):
 		cancelPolls()
 		<-done
