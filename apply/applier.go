@@ -45,9 +45,12 @@ var (
 	// stmtCheck aborts the transaction when a fast statement did not apply.
 	stmtCheck    = stmt{"bdr_check", "SELECT bdr.check_applied($1::int)"}
 	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
+	// stmtClaim marks a parked transaction applied by the transaction that
+	// applies it (park.go).
+	stmtClaim = stmt{"bdr_claim", "SELECT bdr.claim_parked($1::bigint, $2::text)"}
 )
 
-var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtCheck, stmtPosition}
+var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtCheck, stmtPosition, stmtClaim}
 
 // resolveWindow is how many transactions are applied with resolving
 // statements after one needed them, before fast statements are tried again.
@@ -64,6 +67,11 @@ type applier struct {
 	relay  *relay
 	track  *tracker
 	pause  *pauser
+	// errorRetry bounds the retry delay of parked transactions; retryNow
+	// asks for a retry of all of them at once (bdrctl errors retry).
+	errorRetry time.Duration
+	retryNow   <-chan struct{}
+	parks      parkState
 
 	plans    map[string]*plan            // by relation signature
 	relPlans map[*decoder.Relation]*plan // by relation, for the common case
@@ -216,6 +224,19 @@ func (a *applier) run(ctx context.Context) error {
 		if err := a.pause.enter(ctx); err != nil {
 			return err
 		}
+		var err error
+		select {
+		case <-a.retryNow:
+			err = a.retryParked(ctx, true)
+		default:
+			if !time.Now().Before(a.parks.nextCheck) {
+				err = a.retryParked(ctx, false)
+			}
+		}
+		if err != nil {
+			a.pause.leave()
+			return err
+		}
 		txns, err := a.relay.take(ctx, 200*time.Millisecond, pauseSlice)
 		if err == nil && len(txns) > 0 {
 			err = a.applyBatch(ctx, txns)
@@ -252,17 +273,31 @@ func (a *applier) applyBatch(ctx context.Context, txns []*decoder.Txn) error {
 			return nil
 		}
 		var f *txnFailed
-		if !errors.As(err, &f) {
+		if !errors.As(err, &f) || f.txn != n {
 			return err
 		}
-		if pgerr.Classify(err) == pgerr.Conflict && a.resolveNext == 0 {
+		class := pgerr.Classify(err)
+		if class == pgerr.Conflict && a.resolveNext == 0 {
 			// A fast statement met a conflict (a row it did not apply, a key
 			// that exists): resolve from this transaction on.
 			a.resolveNext = resolveWindow
 			a.log.Debug("conflict: applying with resolving statements", "xid", txns[0].Xid)
 			continue
 		}
-		if pgerr.Classify(err) == pgerr.Fatal || retries >= txnRetries {
+		if class == pgerr.Fatal || class == pgerr.Conflict && retries >= txnRetries {
+			// It will not apply as it is: park it and go on.
+			parked, perr := a.park(ctx, txns[0], err)
+			if perr != nil {
+				return perr
+			}
+			if !parked {
+				return err
+			}
+			_ = txns[0].Close()
+			txns, retries = txns[1:], 0
+			continue
+		}
+		if retries >= txnRetries {
 			return err
 		}
 		retries++
@@ -318,8 +353,8 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 			err = b.syncIfFull(ctx)
 		}
 		if err != nil {
-			a.abandon(ctx)
-			return b.done, a.wrap(t, err)
+			err = a.failed(ctx, b, i, t, err)
+			return b.done, err
 		}
 	}
 	if a.pl != nil {

@@ -164,7 +164,7 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
 			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry),
 			log:        m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
-			wake: make(chan struct{}, 1),
+			wake: make(chan struct{}, 1), retryPark: make(chan struct{}, 1),
 		}
 		s.setState(StateConnecting, nil)
 		sctx, cancel := context.WithCancel(ctx)
@@ -189,6 +189,22 @@ func (m *Manager) Retry(peer string) {
 	}
 }
 
+// RetryParked makes the stream from peer retry every transaction it has
+// parked now, instead of at their next retry time.
+func (m *Manager) RetryParked(peer string) error {
+	m.mu.Lock()
+	r, ok := m.streams[peer]
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no stream from %s on this node", peer)
+	}
+	select {
+	case r.s.retryPark <- struct{}{}:
+	default: // one is already asked for
+	}
+	return nil
+}
+
 // Status returns the status of every stream, by peer name.
 func (m *Manager) Status() []StreamStatus {
 	m.mu.Lock()
@@ -205,7 +221,7 @@ func (m *Manager) publish(ctx context.Context, last []catalog.StreamStatus) []ca
 	var cur []catalog.StreamStatus
 	for _, s := range m.Status() {
 		cur = append(cur, catalog.StreamStatus{Peer: s.Peer, State: s.State, LagBytes: s.LagBytes,
-			LagSeconds: s.LagSeconds, LastCommitTime: s.LastCommit, LastError: s.LastError})
+			LagSeconds: s.LagSeconds, LastCommitTime: s.LastCommit, LastError: s.LastError, Parked: s.Parked})
 	}
 	if m.cfg.WriteStatus == nil || reflect.DeepEqual(cur, last) {
 		return last

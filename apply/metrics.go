@@ -13,6 +13,7 @@ type metrics struct {
 	errors    *prometheus.CounterVec
 	skipped   *prometheus.CounterVec
 	up        *prometheus.GaugeVec
+	parked    *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,9 +36,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Transactions received and not applied: replicated from elsewhere (origin filter) or empty."}, []string{"peer"}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bdr_stream_up",
 			Help: "1 while the stream from the peer is streaming."}, []string{"peer"}),
+		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bdr_parked_transactions",
+			Help: "Transactions from the peer that could not be applied and wait in bdr.apply_errors."}, []string{"peer"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.txns, m.rows, m.lag, m.lagBytes, m.received, m.conflicts, m.errors, m.skipped, m.up)
+		reg.MustRegister(m.txns, m.rows, m.lag, m.lagBytes, m.received, m.conflicts, m.errors, m.skipped, m.up, m.parked)
 	}
 	return m
 }
@@ -47,7 +50,7 @@ func (m *metrics) forget(peer string) {
 	l := prometheus.Labels{"peer": peer}
 	for _, v := range []*prometheus.MetricVec{m.txns.MetricVec, m.rows.MetricVec, m.lag.MetricVec,
 		m.lagBytes.MetricVec, m.received.MetricVec, m.conflicts.MetricVec, m.errors.MetricVec,
-		m.skipped.MetricVec, m.up.MetricVec} {
+		m.skipped.MetricVec, m.up.MetricVec, m.parked.MetricVec} {
 		v.DeletePartialMatch(l)
 	}
 }
@@ -57,6 +60,7 @@ type streamMetrics struct {
 	txns                 prometheus.Counter
 	ins, upd, del, trunc prometheus.Counter
 	lag, lagBytes, up    prometheus.Gauge
+	parked               prometheus.Gauge
 	received             prometheus.Counter
 	skipped              prometheus.Counter
 	conflicts            *prometheus.CounterVec
@@ -73,6 +77,7 @@ func (m *metrics) stream(peer string) *streamMetrics {
 		lag:       m.lag.WithLabelValues(peer),
 		lagBytes:  m.lagBytes.WithLabelValues(peer),
 		up:        m.up.WithLabelValues(peer),
+		parked:    m.parked.WithLabelValues(peer),
 		received:  m.received.WithLabelValues(peer),
 		skipped:   m.skipped.WithLabelValues(peer),
 		conflicts: m.conflicts.MustCurryWith(prometheus.Labels{"peer": peer}),

@@ -19,6 +19,9 @@ type batch struct {
 	rows      []rowCounts
 	done      int // txns[:done] are reported to the tracker
 	committed int // highest index whose COMMIT succeeded
+	// untracked: the transactions are not the stream's (parked ones
+	// retried), the tracker does not hear of them.
+	untracked bool
 }
 
 func (b *batch) syncIfFull(ctx context.Context) error {
@@ -59,16 +62,21 @@ func (b *batch) sync(ctx context.Context) error {
 func (b *batch) finish(insert, flush decoder.LSN) {
 	for b.done < len(b.txns) && (skipped(b.txns[b.done]) || b.done <= b.committed) {
 		t := b.txns[b.done]
-		if skipped(t) {
+		switch {
+		case b.untracked:
+			b.a.met.observeTxn(b.rows[b.done])
+		case skipped(t):
 			b.a.track.done(0, false)
 			b.a.met.skipped.Inc()
-		} else {
+		default:
 			b.a.track.done(insert, true)
 			b.a.met.observeTxn(b.rows[b.done])
 		}
 		b.done++
 	}
-	b.a.track.flushed(flush)
+	if !b.untracked {
+		b.a.track.flushed(flush)
+	}
 }
 
 func (a *applier) startPipeline(ctx context.Context) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -66,6 +67,8 @@ type StreamStatus struct {
 	LastCommit time.Time `json:"last_applied_commit_time"`
 	LastError  string    `json:"last_error,omitempty"`
 	Paused     bool      `json:"paused,omitempty"`
+	// Parked is how many transactions from the peer wait in bdr.apply_errors.
+	Parked int64 `json:"parked"`
 }
 
 // stream is the supervised incoming stream from one peer.
@@ -86,6 +89,8 @@ type stream struct {
 	failedAt   decoder.LSN
 	failures   int
 	wake       chan struct{} // cuts a backoff wait short (the peer is back)
+	parked     atomic.Int64  // parked transactions, as the applier last counted them
+	retryPark  chan struct{} // asks the applier to retry every parked transaction now
 }
 
 func (s *stream) setState(state string, err error) {
@@ -110,7 +115,7 @@ func (s *stream) status() StreamStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := StreamStatus{Peer: s.peer.Name, NodeID: s.peer.NodeID, State: s.state, Since: s.since,
-		LastError: s.lastErr, Paused: s.pause.isPaused()}
+		LastError: s.lastErr, Paused: s.pause.isPaused(), Parked: s.parked.Load()}
 	if s.track != nil {
 		st.LagBytes, st.LagSeconds = s.track.lag(time.Now())
 		st.LastCommit = s.track.last()
@@ -227,6 +232,7 @@ func (s *stream) runOnce(ctx context.Context) (err error) {
 		return err
 	}
 	app.log, app.met, app.relay, app.track, app.pause = s.log, s.met, rl, track, s.pause
+	app.errorRetry, app.retryNow, app.parks.count = s.errorRetry, s.retryPark, &s.parked
 	s.mu.Lock()
 	s.track = track
 	s.mu.Unlock()

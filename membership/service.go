@@ -109,6 +109,7 @@ type Streams interface {
 	Resume()
 	WaitProcessed(ctx context.Context, peer string, lsn uint64) error
 	Retry(peer string)
+	RetryParked(peer string) error
 }
 
 var _ Streams = (*apply.Manager)(nil)

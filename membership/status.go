@@ -28,7 +28,7 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	st := adminapi.Status{Node: info, Streams: []adminapi.Stream{}, Nodes: []adminapi.Node{}}
 	for _, x := range s.streams.Status() {
 		st.Streams = append(st.Streams, adminapi.Stream{From: x.Peer, To: s.cfg.NodeName, State: x.State, Since: x.Since,
-			LagBytes: x.LagBytes, LagSeconds: x.LagSeconds, LastCommit: x.LastCommit, LastError: x.LastError, Paused: x.Paused})
+			LagBytes: x.LagBytes, LagSeconds: x.LagSeconds, LastCommit: x.LastCommit, LastError: x.LastError, Paused: x.Paused, Parked: x.Parked})
 	}
 	s.jmu.Lock()
 	if s.join != nil {

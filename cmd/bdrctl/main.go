@@ -38,6 +38,10 @@ Commands:
   status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
                            (--local: this node's own view, without asking the others)
   checksum [--json]        per-table checksums of every member, and whether they agree
+  errors list [--all] [--json]  transactions this node parked because they could not be
+                           applied (--all: also those applied or discarded since)
+  errors retry ID          apply parked transaction ID now, and say whether it applied
+  errors discard ID        give parked transaction ID up (its row stays, marked discarded)
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
   bench join [flags]       join under pgbench load against pg_dump | pg_restore
@@ -278,6 +282,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		return checksums(ctx, cl, *node, *asJSON, stdout)
+	case "errors":
+		return errorsCommand(ctx, fs, rest, connect, *node, stdout)
 	case "bench":
 		return benchCommand(ctx, rest, stdout, stderr)
 	}
@@ -355,7 +361,7 @@ func printStatus(w io.Writer, st adminapi.Status) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, live, since, n.AdminAddr, oneLine(n.Reason))
 	}
-	fmt.Fprintln(tw, "\nFROM\tTO\tSTATE\tLAG BYTES\tLAG SECONDS\tLAST APPLIED\tLAST ERROR")
+	fmt.Fprintln(tw, "\nFROM\tTO\tSTATE\tLAG BYTES\tLAG SECONDS\tLAST APPLIED\tPARKED\tLAST ERROR")
 	for _, s := range st.Streams {
 		last := "-"
 		if !s.LastCommit.IsZero() {
@@ -365,7 +371,7 @@ func printStatus(w io.Writer, st adminapi.Status) {
 		if s.Paused {
 			state += " (paused)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%s\t%s\n", s.From, s.To, state, s.LagBytes, s.LagSeconds, last, oneLine(s.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%s\t%d\t%s\n", s.From, s.To, state, s.LagBytes, s.LagSeconds, last, s.Parked, oneLine(s.LastError))
 	}
 	if len(st.WAL) > 0 {
 		fmt.Fprintln(tw, "\nWAL KEPT FOR\tBYTES\tBUDGET\tUSED\tSTATE")

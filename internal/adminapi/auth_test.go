@@ -33,6 +33,8 @@ var allRoutes = []routeCase{
 	{http.MethodGet, "/v1/status", "", true},
 	{http.MethodGet, "/v1/join", "", false},
 	{http.MethodGet, "/v1/checksums", "", false},
+	{http.MethodGet, "/v1/errors", "", false},
+	{http.MethodPost, "/v1/errors", `{"id":1,"action":"discard"}`, false},
 	{http.MethodPost, "/v1/init", `{}`, false},
 	{http.MethodPost, "/v1/join", `{"via":"b:7801"}`, false},
 	{http.MethodPost, "/v1/part", `{"name":"b"}`, false},

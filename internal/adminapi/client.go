@@ -213,6 +213,23 @@ func (c *Client) Checksums(ctx context.Context) (Checksums, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/checksums", nil, &out)
 }
 
+// ApplyErrors lists the node's parked transactions (all: also the ones
+// applied or discarded since).
+func (c *Client) ApplyErrors(ctx context.Context, all bool) (ApplyErrors, error) {
+	var out ApplyErrors
+	path := "/v1/errors"
+	if all {
+		path += "?all=1"
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// ApplyErrorAction retries or discards parked transaction id.
+func (c *Client) ApplyErrorAction(ctx context.Context, id int64, action string) (ApplyError, error) {
+	var out ApplyError
+	return out, c.do(ctx, http.MethodPost, "/v1/errors", ErrorActionRequest{ID: id, Action: action}, &out)
+}
+
 // Admit asks a member to admit a joining node.
 func (c *Client) Admit(ctx context.Context, r AdmitRequest) (AdmitResponse, error) {
 	var out AdmitResponse

@@ -27,6 +27,12 @@ type Backend interface {
 	// LeaveGroup has the group part this node, from its own side.
 	LeaveGroup(ctx context.Context) (PartResult, error)
 	Checksums(ctx context.Context) (Checksums, error)
+	// ApplyErrors lists the parked transactions (all: also those applied
+	// or discarded since).
+	ApplyErrors(ctx context.Context, all bool) (ApplyErrors, error)
+	// ApplyErrorAction retries or discards a parked transaction and returns
+	// it as it is afterwards.
+	ApplyErrorAction(ctx context.Context, r ErrorActionRequest) (ApplyError, error)
 
 	// Internal, between members.
 	Admit(ctx context.Context, r AdmitRequest) (AdmitResponse, error)
@@ -116,6 +122,16 @@ func NewHandler(b Backend, metrics http.Handler, log *slog.Logger, auth Auth) ht
 	})
 	get("/v1/join", false, func(ctx context.Context, _ *http.Request) (any, error) { return b.JoinProgress(ctx) })
 	get("/v1/checksums", false, func(ctx context.Context, _ *http.Request) (any, error) { return b.Checksums(ctx) })
+	get("/v1/errors", false, func(ctx context.Context, r *http.Request) (any, error) {
+		return b.ApplyErrors(ctx, r.URL.Query().Get("all") == "1")
+	})
+	post("/v1/errors", func(ctx context.Context, body []byte) (any, error) {
+		var req ErrorActionRequest
+		if err := decode(body, &req); err != nil {
+			return nil, err
+		}
+		return b.ApplyErrorAction(ctx, req)
+	})
 	post("/v1/init", func(ctx context.Context, _ []byte) (any, error) { return b.Init(ctx) })
 	post("/v1/join", func(ctx context.Context, body []byte) (any, error) {
 		var req JoinRequest

@@ -75,6 +75,14 @@ func (b *backend) WaitProcessed(context.Context, WaitRequest) error {
 	return errNotHere
 }
 func (b *backend) Leave(context.Context) error { b.calls.Add(1); return errNotHere }
+func (b *backend) ApplyErrors(context.Context, bool) (ApplyErrors, error) {
+	b.calls.Add(1)
+	return ApplyErrors{}, errNotHere
+}
+func (b *backend) ApplyErrorAction(context.Context, ErrorActionRequest) (ApplyError, error) {
+	b.calls.Add(1)
+	return ApplyError{}, errNotHere
+}
 
 var _ Backend = (*backend)(nil)
 

@@ -73,6 +73,8 @@ type Stream struct {
 	LastCommit time.Time `json:"last_applied_commit_time,omitempty"`
 	LastError  string    `json:"last_error,omitempty"`
 	Paused     bool      `json:"paused,omitempty"`
+	// Parked is how many transactions from From wait in To's bdr.apply_errors.
+	Parked int64 `json:"parked"`
 }
 
 // Status is the answer to GET /v1/status.
@@ -213,4 +215,44 @@ type WaitRequest struct {
 type Checksums struct {
 	Node   string                  `json:"node"`
 	Tables map[string]checksum.Sum `json:"tables"`
+}
+
+// ApplyError is a transaction parked in bdr.apply_errors: it could not be
+// applied, and the stream went on without it.
+type ApplyError struct {
+	ID          int64      `json:"id"`
+	Origin      string     `json:"origin"`
+	OriginID    int32      `json:"origin_id"`
+	Xid         int64      `json:"remote_xid"`
+	CommitLSN   string     `json:"remote_commit_lsn"`
+	CommitTime  time.Time  `json:"remote_commit_time"`
+	Tables      []string   `json:"tables"`
+	Changes     int        `json:"change_count"`
+	SQLState    string     `json:"sqlstate,omitempty"`
+	Error       string     `json:"error"`
+	State       string     `json:"state"` // parked, applied, discarded
+	Attempts    int        `json:"attempts"`
+	ParkedAt    time.Time  `json:"parked_at"`
+	LastAttempt time.Time  `json:"last_attempt_at"`
+	NextRetry   *time.Time `json:"next_retry_at,omitempty"`
+	ResolvedAt  *time.Time `json:"resolved_at,omitempty"`
+	ResolvedBy  string     `json:"resolved_by,omitempty"`
+}
+
+// ApplyErrors is the answer to GET /v1/errors.
+type ApplyErrors struct {
+	Node   string       `json:"node"`
+	Errors []ApplyError `json:"errors"`
+}
+
+// Actions on a parked transaction (POST /v1/errors).
+const (
+	ErrorRetry   = "retry"   // apply it now
+	ErrorDiscard = "discard" // give it up; the row stays, marked discarded
+)
+
+// ErrorActionRequest is the body of POST /v1/errors.
+type ErrorActionRequest struct {
+	ID     int64  `json:"id"`
+	Action string `json:"action"`
 }

@@ -238,6 +238,113 @@ SELECT n.node_name,
   LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
  WHERE NOT n.is_local AND n.state IN ('joining', 'active');
 `,
+	// 4: parked transactions: remote transactions that could not be
+	// applied, kept whole until they can be (the stream goes on), and the
+	// per-table policy that stops the stream instead.
+	`
+CREATE TABLE bdr.apply_errors (
+	error_id           bigserial PRIMARY KEY,
+	origin_node_id     int NOT NULL,
+	origin_node_name   text NOT NULL,
+	remote_xid         bigint NOT NULL,
+	remote_commit_lsn  pg_lsn NOT NULL,
+	remote_end_lsn     pg_lsn NOT NULL,
+	remote_commit_time timestamptz NOT NULL,
+	tables             text[] NOT NULL,
+	change_count       int NOT NULL,
+	changes            jsonb NOT NULL,
+	sqlstate           text,
+	error              text NOT NULL,
+	state              text NOT NULL DEFAULT 'parked' CHECK (state IN ('parked', 'applied', 'discarded')),
+	attempts           int NOT NULL DEFAULT 1,
+	parked_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+	last_attempt_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+	next_retry_at      timestamptz,
+	resolved_at        timestamptz,
+	resolved_by        text
+);
+CREATE INDEX apply_errors_parked ON bdr.apply_errors (origin_node_id, error_id) WHERE state = 'parked';
+
+-- Takes a parked transaction for the retry that applies it, in the same
+-- local transaction: an operator's discard waits for it, then finds it gone.
+CREATE FUNCTION bdr.claim_parked(id bigint, by text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE bdr.apply_errors SET state = 'applied', resolved_at = pg_catalog.clock_timestamp(), resolved_by = by,
+		attempts = attempts + 1, last_attempt_at = pg_catalog.clock_timestamp()
+	 WHERE error_id = id AND state = 'parked';
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'bdr: transaction % is no longer parked', id USING ERRCODE = 'BR002';
+	END IF;
+END
+$$;
+
+CREATE TABLE bdr.apply_error_policy (
+	schema_name text NOT NULL,
+	table_name  text NOT NULL,
+	policy      text NOT NULL CHECK (policy IN ('park', 'pause')),
+	PRIMARY KEY (schema_name, table_name)
+);
+
+-- park (the default): a transaction that cannot be applied is parked in
+-- bdr.apply_errors and the stream goes on; pause: the stream stops at it
+-- (error state) until the cause is fixed.
+CREATE FUNCTION bdr.alter_table_apply_error_policy(tbl regclass, policy text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	s text;
+	t text;
+BEGIN
+	IF policy IS NULL OR policy NOT IN ('park', 'pause') THEN
+		RAISE EXCEPTION 'bdr: apply error policy must be park or pause, not %', coalesce(policy, 'NULL');
+	END IF;
+	SELECT n.nspname, c.relname INTO s, t
+	  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = tbl;
+	INSERT INTO bdr.apply_error_policy AS p (schema_name, table_name, policy) VALUES (s, t, policy)
+	ON CONFLICT (schema_name, table_name) DO UPDATE SET policy = excluded.policy;
+END
+$$;
+
+ALTER TABLE bdr.stream_status ADD COLUMN parked bigint NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE VIEW bdr.node_status AS
+SELECT n.node_name AS peer,
+       'incoming'::text AS direction,
+       coalesce(s.state, 'unknown') AS state,
+       s.lag_bytes,
+       s.lag_seconds,
+       s.last_applied_commit_time AS last_applied_remote_commit_time,
+       o.remote_lsn AS position,
+       s.last_error,
+       m.state AS peer_state,
+       m.since AS peer_state_since,
+       s.parked AS parked_transactions
+  FROM bdr.nodes n
+  LEFT JOIN bdr.stream_status s ON s.peer_name = n.node_name
+  LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = bdr.repl_name(n.node_name)
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active')
+UNION ALL
+SELECT n.node_name,
+       'outgoing',
+       CASE WHEN sl.slot_name IS NULL THEN 'missing'
+            WHEN sl.active THEN 'streaming'
+            ELSE 'inactive' END,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sl.confirmed_flush_lsn)::bigint,
+       NULL,
+       NULL,
+       sl.confirmed_flush_lsn,
+       NULL,
+       m.state,
+       m.since,
+       NULL
+  FROM bdr.nodes n
+  LEFT JOIN pg_catalog.pg_replication_slots sl
+         ON sl.slot_name = bdr.repl_name(n.node_name) AND sl.database = pg_catalog.current_database()
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+`,
 }
 
 // Version is the schema version this build installs.

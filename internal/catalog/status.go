@@ -15,6 +15,7 @@ type StreamStatus struct {
 	LagSeconds     float64
 	LastCommitTime time.Time // zero: nothing applied since start
 	LastError      string
+	Parked         int64 // parked transactions from the peer
 }
 
 // WriteStreamStatus replaces the stream status rows with statuses.
@@ -32,12 +33,12 @@ func WriteStreamStatus(ctx context.Context, db DB, statuses []StreamStatus) erro
 			lastErr = &s.LastError
 		}
 		_, err := db.Exec(ctx, `INSERT INTO bdr.stream_status
-			(peer_name, state, lag_bytes, lag_seconds, last_applied_commit_time, last_error, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, now())
+			(peer_name, state, lag_bytes, lag_seconds, last_applied_commit_time, last_error, parked, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, now())
 			ON CONFLICT (peer_name) DO UPDATE SET state = excluded.state, lag_bytes = excluded.lag_bytes,
 				lag_seconds = excluded.lag_seconds, last_applied_commit_time = excluded.last_applied_commit_time,
-				last_error = excluded.last_error, updated_at = excluded.updated_at`,
-			s.Peer, s.State, s.LagBytes, s.LagSeconds, last, lastErr)
+				last_error = excluded.last_error, parked = excluded.parked, updated_at = excluded.updated_at`,
+			s.Peer, s.State, s.LagBytes, s.LagSeconds, last, lastErr, s.Parked)
 		if err != nil {
 			return fmt.Errorf("write stream status of %s: %w", s.Peer, err)
 		}
