@@ -134,12 +134,15 @@ func (f *txnFailed) Unwrap() error { return f.err }
 // connectApplier opens the local connection, binds it to the peer's
 // replication origin and returns the position to resume streaming from.
 // The applier's fixed statements are prepared by setupSession.
-func connectApplier(ctx context.Context, peer Peer, local Local) (*applier, decoder.LSN, error) {
+func connectApplier(ctx context.Context, peer Peer, local Local, lockTimeout time.Duration) (*applier, decoder.LSN, error) {
 	cfg, err := pgx.ParseConfig(local.DSN)
 	if err != nil {
 		return nil, 0, fmt.Errorf("parse local dsn: %w", err)
 	}
 	cfg.RuntimeParams["application_name"] = "bdr apply " + peer.Name
+	if lockTimeout > 0 {
+		cfg.RuntimeParams["lock_timeout"] = strconv.FormatInt(max(lockTimeout.Milliseconds(), 1), 10)
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect local: %w", err)

@@ -92,7 +92,7 @@ func testApplier(t *testing.T) (*applier, *pgx.Conn) {
 		t.Fatal(err)
 	}
 	peer := Peer{Name: pgtest.UniqueName(t, "p"), NodeID: 2}
-	a, _, err := connectApplier(ctx, peer, Local{Name: "l", NodeID: 1, DSN: dsn})
+	a, _, err := connectApplier(ctx, peer, Local{Name: "l", NodeID: 1, DSN: dsn}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -191,3 +191,39 @@ func TestApplyErrorPolicyPause(t *testing.T) {
 	}
 	grouptest.AssertConverged(t, nodes)
 }
+
+// TestApplyLockWait: a local session that holds a lock on a table for a
+// long time does not hold the stream forever: the apply waits up to the
+// lock timeout, the stream shows why it retries, and the change is applied
+// once the lock is gone.
+func TestApplyLockWait(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t)[:2], "lockwait", grouptest.Options{ApplyLockTimeout: 500 * time.Millisecond}, nil)
+	a, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.Exec(`CREATE TABLE t (id int PRIMARY KEY)`)
+	}
+	ctx := context.Background()
+	holder := pgtest.Conn(t, b.DSN)
+	if _, err := holder.Exec(ctx, `BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	a.Exec(`INSERT INTO t VALUES (1)`)
+	pgtest.WaitFor(t, time.Minute, "the stream to say it retries after the lock timeout", func() (bool, error) {
+		s := streamFrom(t, b, a)
+		return s.State == "retrying" && strings.Contains(s.LastError, "lock timeout") &&
+			strings.Contains(s.LastError, `INSERT on "public"."t"`), nil
+	})
+	if n := b.QueryInt(`SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name LIKE 'bdr apply %'
+		AND wait_event_type = 'Lock' AND state_change < now() - interval '2 seconds'`); n != 0 {
+		t.Errorf("%d apply sessions wait for a lock for longer than the lock timeout", n)
+	}
+	if _, err := holder.Exec(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, time.Minute, "the change to be applied once the lock is gone", func() (bool, error) {
+		return b.QueryInt(`SELECT count(*) FROM t`) == 1, nil
+	})
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	grouptest.AssertConverged(t, nodes)
+}

@@ -27,8 +27,12 @@ type Config struct {
 	// ErrorRetry is how long a stream in the error state waits before
 	// trying again; 0 means DefaultErrorRetry.
 	ErrorRetry time.Duration
-	Logger     *slog.Logger
-	Registry   prometheus.Registerer
+	// LockTimeout bounds how long an apply statement waits for a local
+	// lock (lock_timeout); the transaction is then retried. 0 means
+	// DefaultLockTimeout.
+	LockTimeout time.Duration
+	Logger      *slog.Logger
+	Registry    prometheus.Registerer
 	// WriteStatus publishes stream status into the catalog; nil disables it.
 	WriteStatus func(ctx context.Context, s []catalog.StreamStatus) error
 }
@@ -162,8 +166,8 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 		}
 		s := &stream{
 			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
-			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry),
-			log:        m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
+			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry), lockTimeout: cmp.Or(m.cfg.LockTimeout, DefaultLockTimeout),
+			log: m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
 			wake: make(chan struct{}, 1), retryPark: make(chan struct{}, 1),
 		}
 		s.setState(StateConnecting, nil)

@@ -93,7 +93,7 @@ func (a *applier) send(ctx context.Context, st stmt, params []param, o op) {
 	desc, ok := a.prepared[st.name]
 	if !ok {
 		a.pl.SendPrepare(st.name, st.sql, nil)
-		a.ops = append(a.ops, op{kind: opPrepare, txn: o.txn, what: "prepare " + st.sql, stmt: st.name})
+		a.ops = append(a.ops, op{kind: opPrepare, txn: o.txn, what: "prepare the statement of " + o.describe(), stmt: st.name})
 		a.prepared[st.name] = nil
 	}
 	vals, formats := encodeParams(params)

@@ -33,13 +33,18 @@ const (
 	// DefaultErrorRetry is how long a stream in the error state waits
 	// before trying again.
 	DefaultErrorRetry = time.Minute
-	healthyRun        = 30 * time.Second
-	permanentAfter    = 5 // failures at the same position before the error state
-	relayItems        = 10000
-	relayBytes        = 64 << 20
-	decoderMemLimit   = 8 << 20
-	spillDirName      = "spill"
-	statusEveryApply  = time.Second
+	// DefaultLockTimeout is how long an apply statement waits for a lock
+	// held by a local session before the transaction is retried: the
+	// stream never waits on a local session forever, and a deadlock with
+	// one is broken by PostgreSQL within deadlock_timeout.
+	DefaultLockTimeout = 30 * time.Second
+	healthyRun         = 30 * time.Second
+	permanentAfter     = 5 // failures at the same position before the error state
+	relayItems         = 10000
+	relayBytes         = 64 << 20
+	decoderMemLimit    = 8 << 20
+	spillDirName       = "spill"
+	statusEveryApply   = time.Second
 )
 
 // Peer is a node this node streams changes from.
@@ -73,24 +78,25 @@ type StreamStatus struct {
 
 // stream is the supervised incoming stream from one peer.
 type stream struct {
-	peer       Peer
-	local      Local
-	dataDir    string
-	binary     bool
-	errorRetry time.Duration
-	log        *slog.Logger
-	met        *streamMetrics
-	pause      *pauser
-	mu         sync.Mutex
-	state      string
-	since      time.Time
-	lastErr    string
-	track      *tracker // of the current run, nil between runs
-	failedAt   decoder.LSN
-	failures   int
-	wake       chan struct{} // cuts a backoff wait short (the peer is back)
-	parked     atomic.Int64  // parked transactions, as the applier last counted them
-	retryPark  chan struct{} // asks the applier to retry every parked transaction now
+	peer        Peer
+	local       Local
+	dataDir     string
+	binary      bool
+	errorRetry  time.Duration
+	lockTimeout time.Duration
+	log         *slog.Logger
+	met         *streamMetrics
+	pause       *pauser
+	mu          sync.Mutex
+	state       string
+	since       time.Time
+	lastErr     string
+	track       *tracker // of the current run, nil between runs
+	failedAt    decoder.LSN
+	failures    int
+	wake        chan struct{} // cuts a backoff wait short (the peer is back)
+	parked      atomic.Int64  // parked transactions, as the applier last counted them
+	retryPark   chan struct{} // asks the applier to retry every parked transaction now
 }
 
 func (s *stream) setState(state string, err error) {
@@ -201,7 +207,7 @@ func (s *stream) permanent(class pgerr.Class) bool {
 func (s *stream) runOnce(ctx context.Context) (err error) {
 	defer recoverTo(&err)
 	s.setState(StateConnecting, nil)
-	app, start, err := connectApplier(ctx, s.peer, s.local)
+	app, start, err := connectApplier(ctx, s.peer, s.local, s.lockTimeout)
 	if err != nil {
 		return err
 	}

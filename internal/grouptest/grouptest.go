@@ -67,6 +67,8 @@ type Options struct {
 	BinaryValues bool
 	// ErrorRetry is how long a stream in the error state waits; 0 is bdrd's default.
 	ErrorRetry time.Duration
+	// ApplyLockTimeout bounds an apply statement's wait for a local lock; 0 is bdrd's default.
+	ApplyLockTimeout time.Duration
 	// Token is the operator's admin token. Empty uses SharedToken: nodes
 	// that join each other need the same one (a join passes the operator's
 	// token on to the member it goes through).
@@ -217,8 +219,9 @@ func (n *Node) checkSecrets(password, key string) {
 // Config is the bdrd configuration of the node.
 func (n *Node) Config() daemon.Config {
 	cfg := daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
-		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, AdminTokenFile: n.TokenFile,
-		GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
+		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, ApplyLockTimeout: n.Options.ApplyLockTimeout,
+		AdminTokenFile: n.TokenFile,
+		GossipListen:   n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
 		OnWALBudget: n.Options.OnWALBudget}
 	if n.Options.Net != nil {
 		cfg.GossipTransport, cfg.Dial = n.Options.Net.Transport(n.Name), n.Options.Net.Dialer(n.Name)
@@ -235,6 +238,9 @@ func (n *Node) Args() []string {
 	}
 	if n.Options.ErrorRetry != 0 {
 		args = append(args, "--error-retry", n.Options.ErrorRetry.String())
+	}
+	if n.Options.ApplyLockTimeout != 0 {
+		args = append(args, "--apply-lock-timeout", n.Options.ApplyLockTimeout.String())
 	}
 	args = append(args, "--gossip-listen", n.Gossip, "--raft-listen", n.Raft)
 	if n.Options.MaxPeerWAL != 0 {

@@ -41,6 +41,9 @@ type Config struct {
 	LogLevel       string
 	Binary         bool
 	ErrorRetry     time.Duration
+	// ApplyLockTimeout bounds how long an apply statement waits for a
+	// local lock before its transaction is retried.
+	ApplyLockTimeout time.Duration
 
 	GossipListen    string // gossip (TCP and UDP)
 	GossipAdvertise string
@@ -92,6 +95,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.PGBinDir, "pg-bindir", "", "`directory` of pg_dump, used by join (default: pg_config --bindir, then PATH)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
+	fs.DurationVar(&cfg.ApplyLockTimeout, "apply-lock-timeout", apply.DefaultLockTimeout, "how long applying a remote change waits for a lock held by a local session before it retries")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
 	fs.StringVar(&cfg.GossipListen, "gossip-listen", DefaultGossipListen, "`address` (TCP and UDP) of the encrypted gossip between members")
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip `address` other members use (default: --gossip-listen, or this host's address when that is 0.0.0.0)")
@@ -141,6 +145,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		"raft_advertise": &fromFile.RaftAdvertise, "on_wal_budget": &fromFile.OnWALBudget,
 	}
 	bools := map[string]*bool{"binary": &c.Binary, "admin_insecure_loopback": &c.AdminInsecureLoopback}
+	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
@@ -158,14 +163,14 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 			}
 			continue
 		}
-		if k == "error_retry" {
+		if dst, ok := durations[k]; ok {
 			v, ok := raw[k].(string)
 			d, err := time.ParseDuration(v)
 			if !ok || err != nil {
-				return fmt.Errorf("config %s: error_retry must be a duration like 30s", path)
+				return fmt.Errorf("config %s: %s must be a duration like 30s", path, k)
 			}
 			if !set[k] {
-				c.ErrorRetry = d
+				*dst = d
 			}
 			continue
 		}
@@ -181,7 +186,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -255,6 +260,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ErrorRetry < time.Second {
 		return fmt.Errorf("--error-retry %s is invalid: at least 1s", c.ErrorRetry)
+	}
+	if c.ApplyLockTimeout == 0 {
+		c.ApplyLockTimeout = apply.DefaultLockTimeout
+	}
+	if c.ApplyLockTimeout < 100*time.Millisecond {
+		return fmt.Errorf("--apply-lock-timeout %s is invalid: at least 100ms", c.ApplyLockTimeout)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
