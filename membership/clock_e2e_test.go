@@ -17,7 +17,7 @@ import (
 // TestClockSkew runs a group of three in-process bdrds, b's clock 3 s
 // ahead (the wall clock its gossip shows and compares with): a's status,
 // metrics and log show b +3 s over the bound and c, whose clock is right,
-// under it; b's show a -3 s.
+// under it, and so does bdr.node_status; b's show a -3 s.
 func TestClockSkew(t *testing.T) {
 	t.Parallel()
 	const offset, tolerance = 3 * time.Second, 200 * time.Millisecond
@@ -105,6 +105,27 @@ func TestClockSkew(t *testing.T) {
 		if !strings.Contains(page, `bdr_clock_skew_bound_seconds{node="`+w.n.Name+`"} 1`+"\n") {
 			t.Errorf("%s does not export the bound of 1s", w.n.Name)
 		}
+	}
+
+	for _, w := range []struct {
+		n    *grouptest.Node
+		peer string
+		want time.Duration
+	}{{a, b.Name, offset}, {a, c.Name, 0}, {b, a.Name, -offset}} {
+		pgtest.WaitFor(t, 30*time.Second, w.n.Name+"'s bdr.node_status to show "+w.peer+"'s clock skew", func() (bool, error) {
+			var skews []float64
+			err := pgtest.QueryRow(ctx, w.n.DSN, `SELECT array_agg(coalesce(peer_clock_skew_seconds, 'NaN')) FROM bdr.node_status WHERE peer = $1`,
+				[]any{w.peer}, &skews)
+			if err != nil || len(skews) != 2 {
+				return false, err
+			}
+			for _, v := range skews {
+				if (time.Duration(v*float64(time.Second)) - w.want).Abs() > tolerance {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
 	}
 
 	// One warning per member over the bound, none for c; a few probes more
