@@ -42,7 +42,7 @@ lint:
 # Every password, token and key the test harness hands out is recorded in
 # $(SECRETS): the whole test output must show none of them (the harness
 # checks every bdrd and PostgreSQL log the same way). Then short fuzz runs
-# of the admin API and of gossip metadata decoding (counted in executions,
+# of the admin API, of gossip metadata and of clock payload decoding (counted in executions,
 # not seconds: a time budget trips golang/go#75804 on a busy machine).
 SECRETS  := $(abspath $(BIN))/test-secrets
 TEST_OUT := $(BIN)/test-output.log
@@ -55,6 +55,7 @@ test: build lint
 		echo "the test output shows a password, token or key the tests handed out, at lines: $$(grep -n -F -f $(SECRETS) $(TEST_OUT) | cut -d: -f1 | head -5 | tr '\n' ' ')" >&2; exit 1; fi
 	$(GO) test -run='^$$' -fuzz=FuzzHandler -fuzztime=100000x ./internal/adminapi/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeMeta -fuzztime=100000x ./membership/
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeClock -fuzztime=100000x ./membership/
 
 unit:
 	$(GO) test -short ./conflict/ ./decoder/ ./internal/pgerr/ ./internal/state/ ./internal/proc/

@@ -89,6 +89,7 @@ type liveness struct {
 	State string
 	Since time.Time
 	Meta  memberMeta
+	Clock *clockSkew // nil until a probe answered with its clock
 }
 
 // gossipConfig configures the gossip of one bdrd.
@@ -101,6 +102,12 @@ type gossipConfig struct {
 	Logger    *slog.Logger
 	// Transport replaces the network (tests inject faults); nil = UDP/TCP.
 	Transport memberlist.NodeAwareTransport
+	// MaxSkew is the bound on a member's clock skew over which it is
+	// logged and flagged; 0 = DefaultMaxClockSkew.
+	MaxSkew time.Duration
+	// Now is the wall clock this node answers probes with and compares the
+	// members' clocks to; nil = time.Now (tests set a skewed one).
+	Now func() time.Time
 }
 
 // Every heartbeatEvery each bdrd pings every member it has alive directly
@@ -132,6 +139,7 @@ type gossip struct {
 	lastAck  map[string]time.Time  // last answered probe or heartbeat
 	inFlight map[string]bool       // heartbeats waiting for an answer
 	known    map[string]liveness   // what states reported last, by member name
+	skews    map[string]*skewEstimator
 
 	stop chan struct{}
 	done chan struct{}
@@ -152,7 +160,13 @@ func splitHostPort(addr string) (string, int, error) {
 // startGossip starts memberlist with timings that declare a silent member
 // down within a few seconds.
 func startGossip(cfg gossipConfig) (*gossip, error) {
-	g := &gossip{cfg: cfg, start: time.Now(), known: map[string]liveness{},
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxSkew <= 0 {
+		cfg.MaxSkew = DefaultMaxClockSkew
+	}
+	g := &gossip{cfg: cfg, start: time.Now(), known: map[string]liveness{}, skews: map[string]*skewEstimator{},
 		alive: map[string]memberMeta{}, addrs: map[string]string{}, lastAck: map[string]time.Time{},
 		inFlight: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
@@ -271,7 +285,7 @@ func (g *gossip) healthScore() int { return g.ml.GetHealthScore() }
 // member gossip knows), updating since-times on changes. A member never
 // heard of is down since this bdrd started.
 func (g *gossip) states(expect []string) map[string]liveness {
-	now := time.Now()
+	now, wall := time.Now(), g.cfg.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	seen := map[string]liveness{}
@@ -287,7 +301,13 @@ func (g *gossip) states(expect []string) map[string]liveness {
 		case !meta.DBUp:
 			st = LiveDBDown
 		}
-		seen[name] = liveness{State: st, Meta: meta}
+		l := liveness{State: st, Meta: meta}
+		if e := g.skews[name]; e != nil {
+			if est, ok := e.estimate(wall); ok {
+				l.Clock = &clockSkew{Offset: est.Offset, RTT: est.RTT, Over: e.over}
+			}
+		}
+		seen[name] = l
 	}
 	for _, name := range expect {
 		if _, ok := seen[name]; !ok {
@@ -335,6 +355,7 @@ func (d *eventDelegate) record(n *memberlist.Node, alive bool) {
 		delete(d.g.alive, n.Name)
 		delete(d.g.addrs, n.Name)
 		delete(d.g.lastAck, n.Name)
+		delete(d.g.skews, n.Name) // its clock may be another when it is back
 	case err != nil:
 		// A member of another version or a malformed payload: not one of ours.
 		d.g.cfg.Logger.Debug("gossip member ignored", "member", n.Name, "err", err)
@@ -347,16 +368,48 @@ func (d *eventDelegate) record(n *memberlist.Node, alive bool) {
 	}
 }
 
-// pingDelegate records answered probes, for the suspect state.
+// pingDelegate records answered probes, for the suspect state, and the
+// members' clocks their answers carry.
 type pingDelegate struct{ g *gossip }
 
-func (d *pingDelegate) AckPayload() []byte { return nil }
+// AckPayload is this node's clock, in every answer to a probe.
+func (d *pingDelegate) AckPayload() []byte { return encodeClock(d.g.cfg.Now()) }
 
-func (d *pingDelegate) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
+func (d *pingDelegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	wall := d.g.cfg.Now()
 	d.g.mu.Lock()
 	defer d.g.mu.Unlock()
-	if _, ok := d.g.alive[n.Name]; ok {
-		d.g.lastAck[n.Name] = time.Now()
+	if _, ok := d.g.alive[n.Name]; !ok {
+		return
+	}
+	d.g.lastAck[n.Name] = time.Now()
+	remote, err := decodeClock(payload)
+	if err != nil {
+		// A member of an earlier version, or a malformed payload.
+		d.g.cfg.Logger.Debug("gossip probe answer without a clock", "member", n.Name, "err", err)
+		return
+	}
+	d.g.clockSample(n.Name, sampleClock(remote, wall, rtt))
+}
+
+// clockSample records a sample of a member's clock and logs when its skew
+// goes over the bound or comes back under it. The caller holds g.mu.
+func (g *gossip) clockSample(name string, s clockSample) {
+	e := g.skews[name]
+	if e == nil {
+		e = &skewEstimator{}
+		g.skews[name] = e
+	}
+	e.add(s)
+	est, ok := e.estimate(s.At)
+	if !ok || !e.check(est, g.cfg.MaxSkew) {
+		return
+	}
+	attrs := []any{"member", name, "skew", est.Offset, "bound", g.cfg.MaxSkew, "rtt", est.RTT}
+	if e.over {
+		g.cfg.Logger.Warn("member clock skew over the bound: last update wins may pick the older change", attrs...)
+	} else {
+		g.cfg.Logger.Info("member clock skew back under the bound", attrs...)
 	}
 }
 

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"math"
 	"sort"
 	"time"
 
@@ -81,7 +82,12 @@ func (s *Service) livenessLoop(ctx context.Context) {
 
 		cur := make([]catalog.MemberStatus, 0, len(lives))
 		for name, l := range lives {
-			cur = append(cur, catalog.MemberStatus{Name: name, State: l.State, Since: l.Since})
+			m := catalog.MemberStatus{Name: name, State: l.State, Since: l.Since}
+			if l.Clock != nil {
+				skew := l.Clock.Offset.Seconds()
+				m.ClockSkew = &skew
+			}
+			cur = append(cur, m)
 		}
 		sort.Slice(cur, func(i, j int) bool { return cur[i].Name < cur[j].Name })
 		if !sameMembers(cur, published) {
@@ -101,16 +107,29 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// skewRewrite is how much a member's clock skew changes before
+// bdr.member_status is written again (the estimate moves by fractions of a
+// millisecond from probe to probe).
+const skewRewrite = 0.01
+
 func sameMembers(a, b []catalog.MemberStatus) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if a[i].Name != b[i].Name || a[i].State != b[i].State || !a[i].Since.Equal(b[i].Since) {
+		if a[i].Name != b[i].Name || a[i].State != b[i].State || !a[i].Since.Equal(b[i].Since) ||
+			!closeSkew(a[i].ClockSkew, b[i].ClockSkew) {
 			return false
 		}
 	}
 	return true
+}
+
+func closeSkew(a, b *float64) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return math.Abs(*a-*b) < skewRewrite
 }
 
 // checkDB pings the local PostgreSQL; a change is gossiped at once.

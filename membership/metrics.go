@@ -20,11 +20,13 @@ type metrics struct {
 	retained    *prometheus.GaugeVec // by peer
 	budgetUsed  *prometheus.GaugeVec // by peer
 	autoParts   prometheus.Counter
+	skew        *prometheus.GaugeVec // by peer
+	skewBound   prometheus.Gauge
 }
 
 var liveStates = []string{LiveUp, LiveSuspect, LiveDown, LiveDBDown}
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, maxSkew time.Duration) *metrics {
 	m := &metrics{
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bdr_members",
 			Help: "Members of the group by liveness state as this node sees them (up, suspect, down, db-down)."}, []string{"state"}),
@@ -48,10 +50,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "WAL kept for a peer over the per-peer WAL budget (1 = the budget is used up)."}, []string{"peer"}),
 		autoParts: prometheus.NewCounter(prometheus.CounterOpts{Name: "bdr_wal_budget_parts_total",
 			Help: "Peers parted by this node because their slot exceeded the WAL budget."}),
+		skew: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bdr_clock_skew_seconds",
+			Help: "A peer's clock minus this node's, estimated from gossip probes (error at most half their round trip)."}, []string{"peer"}),
+		skewBound: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bdr_clock_skew_bound_seconds",
+			Help: "The clock skew over which a peer is flagged and logged (--max-clock-skew)."}),
 	}
+	m.skewBound.Set(maxSkew.Seconds())
 	if reg != nil {
 		reg.MustRegister(m.members, m.member, m.since, m.gossipScore, m.leader, m.term, m.contact, m.voters,
-			m.retained, m.budgetUsed, m.autoParts)
+			m.retained, m.budgetUsed, m.autoParts, m.skew, m.skewBound)
 	}
 	return m
 }
@@ -60,7 +67,11 @@ func (m *metrics) observeMembers(lives map[string]liveness, cons *consensus, gsp
 	counts := map[string]float64{}
 	m.member.Reset()
 	m.since.Reset()
+	m.skew.Reset()
 	for name, l := range lives {
+		if l.Clock != nil {
+			m.skew.WithLabelValues(name).Set(l.Clock.Offset.Seconds())
+		}
 		counts[l.State]++
 		for _, st := range liveStates {
 			v := 0.0

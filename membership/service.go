@@ -68,6 +68,9 @@ type Config struct {
 
 	MaxPeerWAL  int64  // bytes of WAL a slot may keep for a down peer
 	OnWALBudget string // OnWALBudgetPart or OnWALBudgetAlert
+	// MaxClockSkew is how far a member's clock may be from this node's
+	// before it is flagged in status, logged and alerted on.
+	MaxClockSkew time.Duration
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -76,6 +79,9 @@ type Config struct {
 	// consensus and admin traffic. Nil means the real network.
 	GossipTransport func(bind string) (memberlist.NodeAwareTransport, error)
 	Dial            func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Clock, for tests, is the wall clock gossip shows the members and
+	// compares their clocks to; nil = time.Now.
+	Clock func() time.Time
 }
 
 // Validate checks the configuration.
@@ -97,6 +103,8 @@ func (c Config) Validate() error {
 		return errors.New("the WAL budget per peer must be positive")
 	case c.OnWALBudget != OnWALBudgetPart && c.OnWALBudget != OnWALBudgetAlert:
 		return fmt.Errorf("WAL budget policy %q: want part or alert", c.OnWALBudget)
+	case c.MaxClockSkew <= 0:
+		return errors.New("the clock skew bound must be positive")
 	}
 	return nil
 }
@@ -161,7 +169,7 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, pool: pool, store: store, streams: streams, log: log,
-		met: newMetrics(cfg.Registry), tasks: make(chan joinTask, 1), changed: make(chan struct{}, 1),
+		met: newMetrics(cfg.Registry, cfg.MaxClockSkew), tasks: make(chan joinTask, 1), changed: make(chan struct{}, 1),
 		dbUp: true, lives: map[string]liveness{}, budget: map[string]walUse{}}
 	ctx, cancel := context.WithTimeout(context.Background(), peerTimeout)
 	defer cancel()
@@ -282,7 +290,7 @@ func (s *Service) startGroup(key groupkey.Key, bootstrap bool, seeds []string) e
 		}
 	}
 	gc := gossipConfig{Name: s.cfg.NodeName, Bind: s.cfg.GossipListen, Advertise: s.cfg.GossipAdvertise,
-		Key: key.GossipKey(), Meta: s.meta, Logger: s.log}
+		Key: key.GossipKey(), Meta: s.meta, Logger: s.log, MaxSkew: s.cfg.MaxClockSkew, Now: s.cfg.Clock}
 	if s.cfg.GossipTransport != nil {
 		if gc.Transport, err = s.cfg.GossipTransport(s.cfg.GossipListen); err != nil {
 			cons.close()

@@ -25,7 +25,8 @@ func (s *Service) Status(ctx context.Context, group bool) (adminapi.Status, erro
 	if err != nil {
 		return adminapi.Status{}, err
 	}
-	st := adminapi.Status{Node: info, Streams: []adminapi.Stream{}, Nodes: []adminapi.Node{}}
+	st := adminapi.Status{Node: info, Streams: []adminapi.Stream{}, Nodes: []adminapi.Node{},
+		ClockSkewBoundSeconds: s.cfg.MaxClockSkew.Seconds()}
 	for _, x := range s.streams.Status() {
 		st.Streams = append(st.Streams, adminapi.Stream{From: x.Peer, To: s.cfg.NodeName, State: x.State, Since: x.Since,
 			LagBytes: x.LagBytes, LagSeconds: x.LagSeconds, LastCommit: x.LastCommit, LastError: x.LastError, Paused: x.Paused, Parked: x.Parked})
@@ -110,6 +111,10 @@ func (s *Service) nodeAPI(n catalog.Node) adminapi.Node {
 	a.PublicDSN = RedactDSN(a.PublicDSN)
 	if l, ok := s.liveOf(n.Name); ok {
 		a.Live, a.LiveSince = l.State, l.Since
+		if c := l.Clock; c != nil {
+			skew := c.Offset.Seconds()
+			a.ClockSkewSeconds, a.ClockSkewErrorSeconds, a.ClockSkewOver = &skew, (c.RTT / 2).Seconds(), c.Over
+		}
 	}
 	return a
 }

@@ -348,7 +348,8 @@ func printStatus(w io.Writer, st adminapi.Status) {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tLIVE\tLIVE SINCE\tADMIN\tREASON")
+	fmt.Fprintln(tw, "\nNODE\tID\tSTATE\tLIVE\tLIVE SINCE\tCLOCK SKEW\tADMIN\tREASON")
+	var skewed []string
 	for _, n := range st.Nodes {
 		live, since := n.Live, "-"
 		if live == "" {
@@ -359,7 +360,15 @@ func printStatus(w io.Writer, st adminapi.Status) {
 		if n.Live == "down" || n.Live == "db-down" || n.Live == "suspect" {
 			live = strings.ToUpper(live)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, live, since, n.AdminAddr, oneLine(n.Reason))
+		skew := "-"
+		if n.ClockSkewSeconds != nil {
+			skew = fmt.Sprintf("%+.3fs", *n.ClockSkewSeconds)
+			if n.ClockSkewOver {
+				skew += " OVER"
+				skewed = append(skewed, fmt.Sprintf("%s %+.3fs", n.Name, *n.ClockSkewSeconds))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.ID, n.State, live, since, skew, n.AdminAddr, oneLine(n.Reason))
 	}
 	fmt.Fprintln(tw, "\nFROM\tTO\tSTATE\tLAG BYTES\tLAG SECONDS\tLAST APPLIED\tPARKED\tLAST ERROR")
 	for _, s := range st.Streams {
@@ -380,6 +389,12 @@ func printStatus(w io.Writer, st adminapi.Status) {
 		}
 	}
 	_ = tw.Flush()
+	if len(skewed) > 0 {
+		bound := time.Duration(st.ClockSkewBoundSeconds * float64(time.Second))
+		fmt.Fprintf(w, "\nWARNING: clocks differ from %s's by more than %s (--max-clock-skew): %s; last update wins "+
+			"compares commit times, so a node whose clock is ahead wins over later changes: fix the time synchronization (NTP)\n",
+			st.Node.Name, bound, strings.Join(skewed, ", "))
+	}
 	if len(st.Unreachable) > 0 {
 		fmt.Fprintf(w, "\nnot reachable: %s\n", strings.Join(st.Unreachable, ", "))
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -133,10 +134,28 @@ func TestStatusAndPart(t *testing.T) {
 				streaming++
 			}
 		}
-		return len(st.Nodes) == 3 && streaming == 6, nil
+		compared := 0
+		for _, n := range st.Nodes {
+			if n.ClockSkewSeconds != nil {
+				compared++
+			}
+		}
+		return len(st.Nodes) == 3 && streaming == 6 && compared == 2, nil
 	})
+	// Real peers on one machine share its clock: skew about 0, under the bound.
+	for _, n := range st.Nodes {
+		switch {
+		case n.Name == b.Name && n.ClockSkewSeconds != nil:
+			t.Errorf("b shows a clock skew for itself: %v", *n.ClockSkewSeconds)
+		case n.Name != b.Name && (math.Abs(*n.ClockSkewSeconds) > 0.05 || n.ClockSkewOver):
+			t.Errorf("b sees %s's clock %+.4fs (over %v); want about 0, under the bound", n.Name, *n.ClockSkewSeconds, n.ClockSkewOver)
+		case n.Name != b.Name:
+			t.Logf("b sees %s's clock %+.4fs (error at most %.4fs)", n.Name, *n.ClockSkewSeconds, n.ClockSkewErrorSeconds)
+		}
+	}
 	code, out, _ := bdrctl(t, "--node", a.Admin, "--token-file", a.TokenFile, "status")
-	if code != 0 || !strings.Contains(out, "FROM") || !strings.Contains(out, c.Name) {
+	if code != 0 || !strings.Contains(out, "FROM") || !strings.Contains(out, c.Name) || !strings.Contains(out, "CLOCK SKEW") ||
+		strings.Contains(out, "OVER") || strings.Contains(out, "WARNING") {
 		t.Errorf("status output:\n%s", out)
 	}
 	// --local: a's own view, every member with its liveness, no probing.
@@ -217,5 +236,39 @@ func TestBenchFlags(t *testing.T) {
 		if code != 2 || !strings.HasPrefix(first, "bdrctl: ") || !strings.Contains(first, c.want) {
 			t.Errorf("bdrctl %v: exit %d, first line %q; want exit 2 and a line saying %q", c.args, code, first, c.want)
 		}
+	}
+}
+
+// TestPrintStatusClockSkew: a member's clock skew is shown signed, with a
+// marker and a warning line past the bound; unknown skew is "-".
+func TestPrintStatusClockSkew(t *testing.T) {
+	skew := func(v float64) *float64 { return &v }
+	st := adminapi.Status{Node: adminapi.Info{Name: "a", ID: 1, State: "active"}, Leader: "a", ClockSkewBoundSeconds: 0.5,
+		Nodes: []adminapi.Node{
+			{Name: "a", ID: 1, State: "active", Live: "up"},
+			{Name: "b", ID: 2, State: "active", Live: "up", ClockSkewSeconds: skew(-3.0123), ClockSkewOver: true},
+			{Name: "c", ID: 3, State: "active", Live: "up", ClockSkewSeconds: skew(0.0021)},
+		}}
+	var out bytes.Buffer
+	printStatus(&out, st)
+	rows := map[string]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			rows[f[0]] = line
+		}
+	}
+	for name, want := range map[string]string{"a": " - ", "b": "-3.012s OVER", "c": "+0.002s"} {
+		if !strings.Contains(rows[name], want) || (name != "b" && strings.Contains(rows[name], "OVER")) {
+			t.Errorf("row of %s: %q; want %q", name, rows[name], want)
+		}
+	}
+	if !strings.Contains(out.String(), "WARNING: clocks differ from a's by more than 500ms (--max-clock-skew): b -3.012s;") {
+		t.Errorf("no warning line for b:\n%s", out.String())
+	}
+	st.Nodes[1].ClockSkewOver = false
+	out.Reset()
+	printStatus(&out, st)
+	if strings.Contains(out.String(), "WARNING") || strings.Contains(out.String(), "OVER") {
+		t.Errorf("a warning without a member over the bound:\n%s", out.String())
 	}
 }

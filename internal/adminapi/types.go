@@ -48,6 +48,13 @@ type Node struct {
 	LiveSince time.Time `json:"live_since,omitempty"`
 	// Reachable is set in status answers: whether this node's bdrd answered.
 	Reachable *bool `json:"reachable,omitempty"`
+	// ClockSkewSeconds is set in status answers once gossip has compared
+	// the member's clock with the answering node's: the member's clock minus
+	// the answering node's, within ClockSkewErrorSeconds (half the round
+	// trip of the probe). ClockSkewOver: over Status.ClockSkewBoundSeconds.
+	ClockSkewSeconds      *float64 `json:"clock_skew_seconds,omitempty"`
+	ClockSkewErrorSeconds float64  `json:"clock_skew_error_seconds,omitempty"`
+	ClockSkewOver         bool     `json:"clock_skew_over,omitempty"`
 }
 
 // Info is what a bdrd says about itself.
@@ -91,6 +98,8 @@ type Status struct {
 	Leader string `json:"leader"`
 	// WAL is what the slots of peers keep on this node, against the budget.
 	WAL []WALBudget `json:"wal,omitempty"`
+	// ClockSkewBoundSeconds is the answering node's --max-clock-skew.
+	ClockSkewBoundSeconds float64 `json:"clock_skew_bound_seconds,omitempty"`
 }
 
 // WALBudget is the WAL one peer's slot keeps on a node.

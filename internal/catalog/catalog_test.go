@@ -6,6 +6,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/bdr-dev/bdr/internal/pgtest"
 )
@@ -92,6 +95,22 @@ func TestNodes(t *testing.T) {
 	must(conn.QueryRow(ctx, `SELECT state FROM bdr.node_status WHERE peer = 'b' AND direction = 'outgoing'`).Scan(&state))
 	if state != "missing" {
 		t.Fatalf("outgoing stream without a slot shows %q, want missing", state)
+	}
+	skew := -2.5
+	for _, want := range []*float64{nil, &skew, nil} {
+		must(WriteMemberStatus(ctx, conn, []MemberStatus{{Name: "b", State: "up", Since: time.Now(), ClockSkew: want}}))
+		rows, err := conn.Query(ctx, `SELECT peer_clock_skew_seconds FROM bdr.node_status WHERE peer = 'b'`)
+		must(err)
+		got, err := pgx.CollectRows(rows, pgx.RowTo[*float64])
+		must(err)
+		if len(got) != 2 {
+			t.Fatalf("node_status has %d rows for b; want 2", len(got))
+		}
+		for _, g := range got {
+			if (g == nil) != (want == nil) || (want != nil && *g != *want) {
+				t.Fatalf("node_status peer_clock_skew_seconds of b = %v; want %v in both directions", g, want)
+			}
+		}
 	}
 }
 

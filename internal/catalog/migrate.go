@@ -345,6 +345,50 @@ SELECT n.node_name,
   LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
  WHERE NOT n.is_local AND n.state IN ('joining', 'active');
 `,
+	// 5: the clock skew of members, as gossip measures it.
+	`
+-- The member's clock minus this node's, in seconds; NULL until measured.
+ALTER TABLE bdr.member_status ADD COLUMN clock_skew_seconds double precision;
+
+CREATE OR REPLACE VIEW bdr.node_status AS
+SELECT n.node_name AS peer,
+       'incoming'::text AS direction,
+       coalesce(s.state, 'unknown') AS state,
+       s.lag_bytes,
+       s.lag_seconds,
+       s.last_applied_commit_time AS last_applied_remote_commit_time,
+       o.remote_lsn AS position,
+       s.last_error,
+       m.state AS peer_state,
+       m.since AS peer_state_since,
+       s.parked AS parked_transactions,
+       m.clock_skew_seconds AS peer_clock_skew_seconds
+  FROM bdr.nodes n
+  LEFT JOIN bdr.stream_status s ON s.peer_name = n.node_name
+  LEFT JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = bdr.repl_name(n.node_name)
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active')
+UNION ALL
+SELECT n.node_name,
+       'outgoing',
+       CASE WHEN sl.slot_name IS NULL THEN 'missing'
+            WHEN sl.active THEN 'streaming'
+            ELSE 'inactive' END,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sl.confirmed_flush_lsn)::bigint,
+       NULL,
+       NULL,
+       sl.confirmed_flush_lsn,
+       NULL,
+       m.state,
+       m.since,
+       NULL,
+       m.clock_skew_seconds
+  FROM bdr.nodes n
+  LEFT JOIN pg_catalog.pg_replication_slots sl
+         ON sl.slot_name = bdr.repl_name(n.node_name) AND sl.database = pg_catalog.current_database()
+  LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
+ WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+`,
 }
 
 // Version is the schema version this build installs.

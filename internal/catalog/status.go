@@ -54,6 +54,9 @@ type MemberStatus struct {
 	Name  string
 	State string
 	Since time.Time
+	// ClockSkew is the member's clock minus this node's in seconds, nil
+	// until gossip measured it.
+	ClockSkew *float64
 }
 
 // WriteMemberStatus replaces the member status rows with members.
@@ -61,10 +64,11 @@ func WriteMemberStatus(ctx context.Context, db DB, members []MemberStatus) error
 	names := make([]string, 0, len(members))
 	for _, m := range members {
 		names = append(names, m.Name)
-		if _, err := db.Exec(ctx, `INSERT INTO bdr.member_status (node_name, state, since, updated_at)
-			VALUES ($1, $2, $3, now())
-			ON CONFLICT (node_name) DO UPDATE SET state = excluded.state, since = excluded.since, updated_at = now()`,
-			m.Name, m.State, m.Since); err != nil {
+		if _, err := db.Exec(ctx, `INSERT INTO bdr.member_status (node_name, state, since, clock_skew_seconds, updated_at)
+			VALUES ($1, $2, $3, $4, now())
+			ON CONFLICT (node_name) DO UPDATE SET state = excluded.state, since = excluded.since,
+				clock_skew_seconds = excluded.clock_skew_seconds, updated_at = now()`,
+			m.Name, m.State, m.Since, m.ClockSkew); err != nil {
 			return fmt.Errorf("write member status of %s: %w", m.Name, err)
 		}
 	}

@@ -81,6 +81,11 @@ type Options struct {
 	Net *Network
 	// Env is added to a subprocess bdrd's environment.
 	Env []string
+	// MaxClockSkew is bdrd's --max-clock-skew (0: bdrd's default).
+	MaxClockSkew time.Duration
+	// Clock, when set, is the wall clock the node's gossip shows the other
+	// members, so a test can skew one node's clock (in-process bdrd only).
+	Clock func() time.Time
 }
 
 // SharedToken is a random admin token that every node of this test binary
@@ -220,9 +225,8 @@ func (n *Node) checkSecrets(password, key string) {
 func (n *Node) Config() daemon.Config {
 	cfg := daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
 		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, ApplyLockTimeout: n.Options.ApplyLockTimeout,
-		AdminTokenFile: n.TokenFile,
-		GossipListen:   n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
-		OnWALBudget: n.Options.OnWALBudget}
+		AdminTokenFile: n.TokenFile, GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
+		OnWALBudget: n.Options.OnWALBudget, MaxClockSkew: n.Options.MaxClockSkew, Clock: n.Options.Clock}
 	if n.Options.Net != nil {
 		cfg.GossipTransport, cfg.Dial = n.Options.Net.Transport(n.Name), n.Options.Net.Dialer(n.Name)
 	}
@@ -249,6 +253,9 @@ func (n *Node) Args() []string {
 	if n.Options.OnWALBudget != "" {
 		args = append(args, "--on-wal-budget", n.Options.OnWALBudget)
 	}
+	if n.Options.MaxClockSkew != 0 {
+		args = append(args, "--max-clock-skew", n.Options.MaxClockSkew.String())
+	}
 	return args
 }
 
@@ -270,6 +277,9 @@ func (n *Node) Start() {
 		}
 		n.d = d
 		return
+	}
+	if n.Options.Clock != nil {
+		n.t.Fatalf("bdrd %s: Options.Clock needs an in-process bdrd", n.Name)
 	}
 	cmd := exec.Command(n.Options.Bdrd, n.Args()...)
 	cmd.Env = append(os.Environ(), n.Options.Env...)

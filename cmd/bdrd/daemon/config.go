@@ -52,11 +52,16 @@ type Config struct {
 	RaftAdvertise   string
 	MaxPeerWAL      ByteSize
 	OnWALBudget     string // part or alert
+	MaxClockSkew    time.Duration
 
 	// Network faults, for tests running bdrd in-process: the gossip
 	// transport and the dialer of consensus and member-to-member calls.
 	GossipTransport func(bind string) (memberlist.NodeAwareTransport, error)          `json:"-"`
 	Dial            func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+	// Clock, for tests running bdrd in-process, is the wall clock gossip
+	// shows the other members and compares their clocks to (a test skews
+	// one node's clock with it); nil = time.Now.
+	Clock func() time.Time `json:"-"`
 	// AdminTokenFile holds the token the admin API requires (operator's).
 	AdminTokenFile string
 	// AdminInsecureLoopback lets the admin API on a loopback address run
@@ -105,6 +110,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	cfg.MaxPeerWAL = DefaultMaxPeerWAL
 	fs.Var(&cfg.MaxPeerWAL, "max-peer-wal", "WAL a slot may keep for a down peer (`size`, e.g. 16GB, 512MB) before --on-wal-budget acts; warned at 80%")
 	fs.StringVar(&cfg.OnWALBudget, "on-wal-budget", "part", "when a down peer's slot keeps more WAL than --max-peer-wal: part (remove the peer through the group, releasing the WAL) or alert (keep it, only alert)")
+	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", membership.DefaultMaxClockSkew, "how far a member's clock may be from this node's before it is flagged in status, logged and alerted on (last update wins is only as good as the clocks)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "`file` holding the token every admin API call must present (bdrctl: $BDRCTL_TOKEN or --token-file)")
 	fs.BoolVar(&cfg.AdminInsecureLoopback, "admin-insecure-loopback", false, "serve the admin API without a token on a loopback --admin-listen (anyone on this host can use it)")
 	if err := fs.Parse(args); err != nil {
@@ -145,7 +151,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		"raft_advertise": &fromFile.RaftAdvertise, "on_wal_budget": &fromFile.OnWALBudget,
 	}
 	bools := map[string]*bool{"binary": &c.Binary, "admin_insecure_loopback": &c.AdminInsecureLoopback}
-	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout}
+	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout, "max_clock_skew": &c.MaxClockSkew}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
@@ -186,7 +192,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_clock_skew, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -313,6 +319,12 @@ func (c *Config) validateGroup() error {
 	}
 	if c.MaxPeerWAL < 0 {
 		return errors.New("--max-peer-wal must be positive")
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = membership.DefaultMaxClockSkew
+	}
+	if c.MaxClockSkew < time.Millisecond {
+		return fmt.Errorf("--max-clock-skew %s is invalid: at least 1ms", c.MaxClockSkew)
 	}
 	switch c.OnWALBudget {
 	case "":

@@ -127,8 +127,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		PGBinDir: pgBinDir(cfg.PGBinDir), Version: Version, DataDir: cfg.DataDir,
 		GossipListen: cfg.GossipListen, GossipAdvertise: cfg.GossipAdvertise,
 		RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, KeyFile: cfg.GossipKeyFile,
-		MaxPeerWAL: int64(cfg.MaxPeerWAL), OnWALBudget: cfg.OnWALBudget,
-		Logger: log, Registry: wrapped,
+		MaxPeerWAL: int64(cfg.MaxPeerWAL), OnWALBudget: cfg.OnWALBudget, MaxClockSkew: cfg.MaxClockSkew,
+		Logger: log, Registry: wrapped, Clock: cfg.Clock,
 		GossipTransport: cfg.GossipTransport, Dial: cfg.Dial, JoinStepDelay: joinStepDelay(),
 	}, pool, store, mgr)
 	if err != nil {
