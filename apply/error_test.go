@@ -227,3 +227,51 @@ func TestApplyLockWait(t *testing.T) {
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	grouptest.AssertConverged(t, nodes)
 }
+
+// TestUniqueSecondaryParked: two nodes insert different keys with the same
+// value of a second unique index at the same time. Each side's insert
+// cannot be applied on the other; it is parked there (not resolved yet),
+// the streams go on, and discarding both leaves the nodes each with their
+// own row: exactly the difference bdr.apply_errors showed.
+func TestUniqueSecondaryParked(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t)[:2], "uniq", grouptest.Options{ErrorRetry: time.Hour}, nil)
+	a, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.Exec(`CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE)`)
+	}
+	ctx := context.Background()
+	for _, n := range nodes {
+		if err := n.Client().Pause(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Exec(`INSERT INTO users VALUES (1, 'x@example.com')`)
+	b.Exec(`INSERT INTO users VALUES (2, 'x@example.com')`)
+	for _, n := range nodes {
+		if err := n.Client().Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Exec(`INSERT INTO users VALUES (3, 'later@example.com')`)
+	b.Exec(`INSERT INTO users VALUES (4, 'later2@example.com')`)
+	for _, n := range nodes {
+		pgtest.WaitFor(t, time.Minute, "the later rows on "+n.Name, func() (bool, error) {
+			return n.QueryInt(`SELECT count(*) FROM users WHERE id IN (3, 4)`) == 2, nil
+		})
+		if c := n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked' AND sqlstate = '23505'
+			AND error LIKE '%users_email_key%'`); c != 1 {
+			t.Errorf("%s parked %d transactions for the unique email, want 1", n.Name, c)
+		}
+	}
+	for _, n := range nodes {
+		id := n.QueryInt(`SELECT error_id FROM bdr.apply_errors WHERE state = 'parked'`)
+		if _, err := n.Client().ApplyErrorAction(ctx, id, adminapi.ErrorDiscard); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.QueryInt(`SELECT id FROM users WHERE email = 'x@example.com'`) != 1 ||
+		b.QueryInt(`SELECT id FROM users WHERE email = 'x@example.com'`) != 2 {
+		t.Error("each node should keep its own row")
+	}
+}
