@@ -37,6 +37,9 @@ type plan struct {
 	types []string // local type of each column, format_type() text
 	keys  []int    // positions of the replica identity columns
 	full  bool     // REPLICA IDENTITY FULL: any one row with equal columns
+	// delta marks the delta columns (plan_delta.go); nil when the table
+	// has none, or when its changes do not carry old rows.
+	delta []bool
 
 	insert, del       stmt            // fast (or plain without a key)
 	update            map[string]stmt // fast (or plain), by presence mask
@@ -54,6 +57,7 @@ type stmt struct {
 type localTable struct {
 	exists bool
 	types  map[string]string // column name -> format_type
+	delta  deltaRead         // read only for relations that carry old rows
 }
 
 func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) (localTable, error) {
@@ -77,6 +81,11 @@ func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) 
 	}
 	if err := rows.Err(); err != nil {
 		return localTable{}, fmt.Errorf("read local table %s: %w", rel, err)
+	}
+	if lt.exists && rel.ReplicaIdentity == decoder.IdentityFull {
+		if lt.delta, err = loadDelta(ctx, conn, rel); err != nil {
+			return localTable{}, err
+		}
 	}
 	return lt, nil
 }
@@ -116,6 +125,7 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		p.cols = append(p.cols, ident(c.Name))
 		p.types = append(p.types, typ)
 	}
+	p.useDelta(lt.delta)
 	p.insert = stmt{name(), p.insertSQL()}
 	if len(p.keys) > 0 {
 		p.del = stmt{name(), p.deleteSQL()}
