@@ -29,7 +29,9 @@ import (
 //     a conflict.
 //
 // Relations without a key (no replica identity, or FULL, where equal rows
-// may legitimately repeat) have plain statements and no conflict handling.
+// may legitimately repeat) have plain statements and no conflict handling,
+// except FULL relations with delta columns (plan_delta.go), whose key is the
+// local primary key.
 type plan struct {
 	rel   *decoder.Relation
 	table string   // quoted "schema"."name"

@@ -175,7 +175,7 @@ var (
 	relNode = top.relation(2, "bdr", "node", IdentityDefault, col{"id", true, 23, -1})
 	// relDelta is in a skipped schema but kept.
 	relDelta = top.relation(4, "bdr", "delta", IdentityDefault, col{"name", true, 25, -1})
-	relU    = top.relation(3, "public", "u", IdentityFull, col{"id", true, 23, -1})
+	relU     = top.relation(3, "public", "u", IdentityFull, col{"id", true, 23, -1})
 )
 
 func newTestDecoder(t testing.TB, cfg Config) *Decoder {
