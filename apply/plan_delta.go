@@ -229,15 +229,12 @@ func (p *plan) resolvingDeltaUpdateSQL(mask string) string {
 	}
 	dec := conflict.UpdateSQL(in)
 	dec.Reason = fmt.Sprintf("(%s) || CASE WHEN %s THEN '; the delta columns were added' ELSE '' END", dec.Reason, in.Found)
-	var present []int
-	first := len(p.keys) + 3
 	var tuple []string
-	n := first
+	n := len(p.keys) + 3
 	for i, c := range p.cols {
 		if mask[i] != '1' {
 			continue
 		}
-		present = append(present, i)
 		tuple = append(tuple, fmt.Sprintf("%s AS %s", placeholder(n, p.types[i]), c))
 		n++
 		if p.delta[i] {
