@@ -80,6 +80,10 @@ type applier struct {
 	prepared    map[string]*pgconn.StatementDescription
 	stmtSeq     int
 	resolveNext int // transactions still to apply with resolving statements
+	// deltaSeen is the delta column declarations the plans were built
+	// with; declared says that the transaction being sent changed them.
+	deltaSeen string
+	declared  bool
 
 	// trace, when not nil, collects every statement sent (for tests).
 	trace *[]op
@@ -268,6 +272,9 @@ func (a *applier) applyBatch(ctx context.Context, txns []*decoder.Txn) error {
 			_ = t.Close()
 		}
 	}(txns)
+	if err := a.checkDeclarations(ctx); err != nil {
+		return err
+	}
 	retries := 0
 	for len(txns) > 0 {
 		n, err := a.applyPipelined(ctx, txns)
@@ -327,6 +334,9 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 	for i, t := range txns {
 		if skipped(t) {
 			continue
+		}
+		if a.declared {
+			a.dropFullPlans()
 		}
 		resolving := a.resolveNext > 0
 		if resolving {
@@ -395,6 +405,9 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 	if err != nil {
 		return 0, err
 	}
+	if catalog.IsReplicated(c.Rel.Schema, c.Rel.Name) {
+		a.declared = true // plans of tables with old rows are built again after this transaction
+	}
 	if len(p.keys) == 0 && c.Op != decoder.Insert {
 		return 0, fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
 	}
@@ -421,7 +434,15 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		mask := presence(c.New)
 		st = a.updateStmt(p, mask, kind == opResolve)
 		params = append(params, values(p.keyValues(c.Old, c.New))...)
-		params = append(params, presentValues(c.New)...)
+		if p.hasDelta() {
+			vals, err := p.deltaValues(c.Old, c.New)
+			if err != nil {
+				return 0, err
+			}
+			params = append(params, vals...)
+		} else {
+			params = append(params, presentValues(c.New)...)
+		}
 		if kind == opChange && !p.full {
 			params = append(params, commitTS)
 		}
@@ -482,6 +503,46 @@ func (a *applier) planFor(ctx context.Context, rel *decoder.Relation) (*plan, er
 	a.plans[key] = p
 	a.relPlans[rel] = p
 	return p, nil
+}
+
+// checkDeclarations drops the plans of relations that carry old rows
+// (REPLICA IDENTITY FULL, where delta columns take effect) when the delta
+// column declarations changed since they were built: a declaration made
+// here, or applied from another peer. Other relations need no check: a
+// declaration changes their identity, and their next description.
+func (a *applier) checkDeclarations(ctx context.Context) error {
+	full := false
+	for _, p := range a.plans {
+		full = full || p.rel.ReplicaIdentity == decoder.IdentityFull
+	}
+	if !full {
+		return nil
+	}
+	fp, err := deltaFingerprint(ctx, a.conn)
+	if err != nil {
+		return err
+	}
+	if fp != a.deltaSeen {
+		a.dropFullPlans()
+		a.deltaSeen = fp
+	}
+	return nil
+}
+
+// dropFullPlans forgets the plans of relations that carry old rows; they
+// are built again, with the declarations then committed, on next use.
+func (a *applier) dropFullPlans() {
+	a.declared = false
+	for key, p := range a.plans {
+		if p.rel.ReplicaIdentity == decoder.IdentityFull {
+			delete(a.plans, key)
+		}
+	}
+	for rel, p := range a.relPlans {
+		if p.rel.ReplicaIdentity == decoder.IdentityFull {
+			delete(a.relPlans, rel)
+		}
+	}
 }
 
 func (a *applier) stmtName() string {

@@ -12,6 +12,10 @@
 // conflict decides the winner and the conflict is written to
 // bdr.conflict_history in the same local transaction.
 //
+// Delta (counter) columns of a table (bdr.delta_columns) add the remote
+// increment (new - old, from the old row that REPLICA IDENTITY FULL logs)
+// instead of being overwritten; see plan_delta.go.
+//
 // The slot is confirmed only up to transactions whose local commit is
 // flushed to disk, so a crash of either server loses nothing.
 //

@@ -29,7 +29,9 @@ import (
 //     a conflict.
 //
 // Relations without a key (no replica identity, or FULL, where equal rows
-// may legitimately repeat) have plain statements and no conflict handling.
+// may legitimately repeat) have plain statements and no conflict handling,
+// except FULL relations with delta columns (plan_delta.go), whose key is the
+// local primary key.
 type plan struct {
 	rel   *decoder.Relation
 	table string   // quoted "schema"."name"
@@ -37,6 +39,9 @@ type plan struct {
 	types []string // local type of each column, format_type() text
 	keys  []int    // positions of the replica identity columns
 	full  bool     // REPLICA IDENTITY FULL: any one row with equal columns
+	// delta marks the delta columns (plan_delta.go); nil when the table
+	// has none, or when its changes do not carry old rows.
+	delta []bool
 
 	insert, del       stmt            // fast (or plain without a key)
 	update            map[string]stmt // fast (or plain), by presence mask
@@ -54,6 +59,7 @@ type stmt struct {
 type localTable struct {
 	exists bool
 	types  map[string]string // column name -> format_type
+	delta  deltaRead         // read only for relations that carry old rows
 }
 
 func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) (localTable, error) {
@@ -77,6 +83,11 @@ func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) 
 	}
 	if err := rows.Err(); err != nil {
 		return localTable{}, fmt.Errorf("read local table %s: %w", rel, err)
+	}
+	if lt.exists && rel.ReplicaIdentity == decoder.IdentityFull {
+		if lt.delta, err = loadDelta(ctx, conn, rel); err != nil {
+			return localTable{}, err
+		}
 	}
 	return lt, nil
 }
@@ -116,6 +127,7 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		p.cols = append(p.cols, ident(c.Name))
 		p.types = append(p.types, typ)
 	}
+	p.useDelta(lt.delta)
 	p.insert = stmt{name(), p.insertSQL()}
 	if len(p.keys) > 0 {
 		p.del = stmt{name(), p.deleteSQL()}

@@ -36,6 +36,9 @@ func (p *plan) insertSQL() string {
 
 // updateSQL is the UPDATE of the columns present in mask.
 func (p *plan) updateSQL(mask string) string {
+	if p.hasDelta() {
+		return p.deltaUpdateSQL(mask)
+	}
 	next := len(p.keys) + 1
 	var sets []string
 	for i, c := range p.cols {
@@ -50,7 +53,7 @@ func (p *plan) updateSQL(mask string) string {
 	}
 	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
 		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)),
-		clean("t.xmin", placeholder(next, "timestamptz")), countApplied)
+		p.clean("t", placeholder(next, "timestamptz")), countApplied)
 }
 
 func (p *plan) deleteSQL() string {
@@ -60,11 +63,14 @@ func (p *plan) deleteSQL() string {
 	}
 	return fmt.Sprintf("DELETE FROM ONLY %s t WHERE %s AND %s RETURNING %s",
 		p.table, p.keyConds("t", p.keyParams(false, 1)),
-		clean("t.xmin", placeholder(len(p.keys)+1, "timestamptz")), countApplied)
+		p.clean("t", placeholder(len(p.keys)+1, "timestamptz")), countApplied)
 }
 
-// clean is true when changing the row version with xmin is no conflict
-// with a remote change committed at rts.
-func clean(xmin, rts string) string {
-	return fmt.Sprintf("(%s OR %s)", mine(xmin), onVersion(xmin, rts, conflict.CleanSQL))
+// clean is true when changing the row version alias is no conflict with a
+// remote change committed at rts.
+func (p *plan) clean(alias, rts string) string {
+	if p.hasDelta() {
+		return conflict.CleanSQL(p.rowInputs(alias, rts))
+	}
+	return fmt.Sprintf("(%s OR %s)", mine(alias+".xmin"), onVersion(alias+".xmin", rts, conflict.CleanSQL))
 }

@@ -37,17 +37,23 @@ func (p *plan) lookup(params []int) string {
 // record inserts the conflict_history row of a conflict; the FROM clause
 // must provide l (see lookup) and the decision expressions.
 func (p *plan) record(dec conflict.DecisionSQL, resolution, tuple, from string) string {
+	return p.recordWith(dec, resolution, tuple, from, "(l.c).timestamp", "(l.c).roident")
+}
+
+// recordWith is record for a FROM clause whose l gives the local version's
+// commit time and origin as the expressions lts and lro.
+func (p *plan) recordWith(dec conflict.DecisionSQL, resolution, tuple, from, lts, lro string) string {
 	return fmt.Sprintf(`h AS (
 	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
 		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
 		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
 	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, %s, %s,
-		pg_catalog.to_jsonb(l.row), (l.c).timestamp, CASE WHEN (l.c).timestamp IS NOT NULL THEN %s END,
+		pg_catalog.to_jsonb(l.row), %s, CASE WHEN %s IS NOT NULL THEN %s END,
 		%s, %s, %s, %s
 	%s
 	RETURNING conflict_type
 )`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
-		dec.Type, resolution, dec.Reason, nodeOf("(l.c).roident"), tuple,
+		dec.Type, resolution, dec.Reason, lts, lts, nodeOf(lro), tuple,
 		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), from)
 }
 
@@ -79,7 +85,7 @@ func (p *plan) resolvingInsertSQL() string {
 	for i, k := range p.keys {
 		keyCols[i] = p.cols[k]
 	}
-	wins := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.RemoteWinsSQL(in) })
+	wins := conflict.RemoteWinsSQL(p.rowInputs("t", remoteTS))
 	dec := conflict.InsertSQL(recordInputs())
 	return fmt.Sprintf(`WITH i AS (
 	INSERT INTO %s AS t (%s) VALUES (%s)
@@ -97,6 +103,9 @@ SELECT (SELECT conflict_type FROM h)`,
 
 // resolvingUpdateSQL is the UPDATE of the columns present in mask.
 func (p *plan) resolvingUpdateSQL(mask string) string {
+	if p.hasDelta() {
+		return p.resolvingDeltaUpdateSQL(mask)
+	}
 	next := len(p.keys) + 3
 	first := next
 	var sets []string

@@ -223,6 +223,7 @@ func (s *stream) runOnce(ctx context.Context) (err error) {
 		SpillDir:    filepath.Join(s.dataDir, spillDirName, s.peer.Name),
 		MemLimit:    decoderMemLimit,
 		SkipSchemas: []string{catalog.Schema},
+		KeepTables:  replicatedTables(),
 		Logger:      s.log,
 	})
 	if err != nil {
@@ -257,4 +258,14 @@ func recoverTo(err *error) {
 	if r := recover(); r != nil {
 		*err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 	}
+}
+
+// replicatedTables names bdr's replicated tables as the decoder's
+// KeepTables.
+func replicatedTables() []string {
+	var out []string
+	for _, t := range catalog.ReplicatedTables() {
+		out = append(out, catalog.Schema+"."+t)
+	}
+	return out
 }

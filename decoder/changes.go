@@ -25,7 +25,7 @@ func (d *Decoder) relationFor(txn *Txn, id uint32) (rel *Relation, keep bool, er
 	if rel == nil {
 		return nil, false, protoErrorf("unknown relation id %d", id)
 	}
-	return rel, !txn.Filtered() && !d.skip[rel.Schema], nil
+	return rel, !txn.Filtered() && !d.skipped(rel), nil
 }
 
 func (d *Decoder) insert(m *pglogrepl.InsertMessageV2) error {
@@ -182,4 +182,10 @@ func detached(ch *Change) Change {
 	}
 	c.Old, c.New = cp(ch.Old), cp(ch.New)
 	return c
+}
+
+// skipped reports whether the changes of rel are dropped by
+// Config.SkipSchemas (and not kept by Config.KeepTables).
+func (d *Decoder) skipped(rel *Relation) bool {
+	return d.skip[rel.Schema] && !d.keep[rel.Schema+"."+rel.Name]
 }

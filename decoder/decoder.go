@@ -23,6 +23,9 @@ type Config struct {
 	MemLimit int64
 	// SkipSchemas lists schemas whose changes are dropped (e.g. "bdr").
 	SkipSchemas []string
+	// KeepTables lists tables, as "schema.table", whose changes are kept
+	// although their schema is in SkipSchemas (bdr's replicated tables).
+	KeepTables []string
 	// Logger receives spill and state messages; nil discards them.
 	Logger *slog.Logger
 }
@@ -60,6 +63,7 @@ var errDecoderClosed = errors.New("decoder closed")
 type Decoder struct {
 	memLimit int64
 	skip     map[string]bool
+	keep     map[string]bool // "schema.table" kept in a skipped schema
 	log      *slog.Logger
 
 	rels    map[uint32]*Relation // relation cache, by relation id
@@ -87,6 +91,7 @@ func New(cfg Config) (*Decoder, error) {
 	d := &Decoder{
 		memLimit: cfg.MemLimit,
 		skip:     make(map[string]bool, len(cfg.SkipSchemas)),
+		keep:     make(map[string]bool, len(cfg.KeepTables)),
 		log:      log,
 		rels:     make(map[uint32]*Relation),
 		spill:    sp,
@@ -97,6 +102,9 @@ func New(cfg Config) (*Decoder, error) {
 	}
 	for _, s := range cfg.SkipSchemas {
 		d.skip[s] = true
+	}
+	for _, t := range cfg.KeepTables {
+		d.keep[t] = true
 	}
 	return d, nil
 }

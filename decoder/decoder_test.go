@@ -53,6 +53,7 @@ func TestDecodeChanges(t *testing.T) {
 		name string
 		msgs [][]byte
 		skip []string
+		keep []string
 		want []string
 	}{{
 		name: "insert with every value kind",
@@ -105,6 +106,13 @@ func TestDecodeChanges(t *testing.T) {
 			begin(21), top.insert(2, tx("2")), top.truncate(0, 2), commit()},
 		want: []string{"txn 20: INSERT public.u new=(1); TRUNCATE public.u cascade", "txn 21:"},
 	}, {
+		name: "kept tables of a skipped schema",
+		skip: []string{"bdr"},
+		keep: []string{"bdr.delta"},
+		msgs: [][]byte{relNode, relDelta, relU,
+			begin(22), top.insert(2, tx("1")), top.insert(4, tx("d")), top.insert(3, tx("1")), top.delete(4, 'K', tx("d")), commit()},
+		want: []string{"txn 22: INSERT bdr.delta new=(d); INSERT public.u new=(1); DELETE bdr.delta old=(d)"},
+	}, {
 		name: "origin after begin drops the changes",
 		msgs: [][]byte{relT, relU, begin(30), origin("bdr_a"), top.insert(3, tx("1")), top.truncate(0, 1), commit(),
 			begin(31), top.insert(3, tx("2")), commit()},
@@ -112,7 +120,7 @@ func TestDecodeChanges(t *testing.T) {
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newTestDecoder(t, Config{SkipSchemas: tc.skip})
+			d := newTestDecoder(t, Config{SkipSchemas: tc.skip, KeepTables: tc.keep})
 			var got []string
 			for _, txn := range feed(t, d, tc.msgs...) {
 				got = append(got, summary(t, txn))

@@ -12,7 +12,8 @@
 //     provider from another node; its changes are dropped as they arrive and
 //     only its envelope (xid, positions, Origin) is returned at commit, so
 //     the stream can still account for its position. Changes to relations
-//     in Config.SkipSchemas are dropped the same way.
+//     in Config.SkipSchemas are dropped the same way, but for the tables
+//     of Config.KeepTables.
 //   - Buffering: a transaction's changes stay in memory up to
 //     Config.MemLimit, then move to a spill file in Config.SpillDir.
 //     Streamed in-progress transactions (pgoutput "streaming on") always go

@@ -173,7 +173,9 @@ func streamAbort(xid, sub uint32) []byte { return be32(be32([]byte{'A'}, xid), s
 var (
 	relT    = top.relation(1, "public", "t", IdentityDefault, col{"id", true, 23, -1}, col{"v", false, 25, -1}, col{"b", false, 17, -1}, col{"doc", false, 25, -1})
 	relNode = top.relation(2, "bdr", "node", IdentityDefault, col{"id", true, 23, -1})
-	relU    = top.relation(3, "public", "u", IdentityFull, col{"id", true, 23, -1})
+	// relDelta is in a skipped schema but kept.
+	relDelta = top.relation(4, "bdr", "delta", IdentityDefault, col{"name", true, 25, -1})
+	relU     = top.relation(3, "public", "u", IdentityFull, col{"id", true, 23, -1})
 )
 
 func newTestDecoder(t testing.TB, cfg Config) *Decoder {

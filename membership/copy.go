@@ -369,6 +369,9 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	if _, err := dst.PgConn().Exec(ctx, post).ReadAll(); err != nil {
 		return 0, fmt.Errorf("copy schema (indexes and constraints): %w", err)
 	}
+	if err := copyReplicatedCatalog(ctx, src, dst); err != nil {
+		return 0, err
+	}
 	job.phase("committing the copy")
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("copy data: commit: %w", err)
@@ -599,6 +602,39 @@ func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.count(int64(bytes.Count(p[:n], []byte{'\n'})), int64(n))
 	return n, err
+}
+
+// copyReplicatedCatalog replaces the rows of bdr's replicated tables
+// (catalog.ReplicatedTables: declarations that must hold on every node)
+// with the via node's. It runs after the indexes and constraints are
+// built: the trigger of bdr.delta_columns checks each declaration against
+// its table's primary key.
+func copyReplicatedCatalog(ctx context.Context, src, dst *pgx.Conn) error {
+	for _, name := range catalog.ReplicatedTables() {
+		table := pgx.Identifier{catalog.Schema, name}.Sanitize()
+		var cols []string
+		if err := src.QueryRow(ctx, `SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
+			FROM pg_catalog.pg_attribute a
+			WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, table).Scan(&cols); err != nil {
+			return fmt.Errorf("copy %s: %w", table, err)
+		}
+		if len(cols) == 0 {
+			return fmt.Errorf("copy %s: the via node has no such table (its bdrd is older: upgrade it first)", table)
+		}
+		quoted := make([]string, len(cols))
+		for i, c := range cols {
+			quoted[i] = pgx.Identifier{c}.Sanitize()
+		}
+		list := strings.Join(quoted, ", ")
+		if _, err := dst.Exec(ctx, "DELETE FROM "+table); err != nil {
+			return fmt.Errorf("copy %s: %w", table, err)
+		}
+		if err := pipeCopy(ctx, src.PgConn(), dst.PgConn(), fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", list, table),
+			fmt.Sprintf("COPY %s (%s) FROM STDIN", table, list), nil); err != nil {
+			return fmt.Errorf("copy %s: %w", table, err)
+		}
+	}
+	return nil
 }
 
 // copySequences sets every local sequence to the via node's value.

@@ -54,7 +54,8 @@ type versions struct {
 }
 
 // collectVersions reads, on the via node under the snapshot (src), the
-// version of every row of t that is newer than stamp.after: its primary
+// version of every row of t that is newer than stamp.after (the commit of
+// its xmin, or the version bdr.row_versions keeps for it): its primary
 // key, the origin that wrote it there ("" for the via node itself) and its
 // commit time, into temporary table number i of dst. It runs while the
 // rows are copied, on connections of its own.
@@ -92,7 +93,10 @@ func collectVersions(ctx context.Context, src, dst *pgx.Conn, t tableCopy, i int
 	err := pipeCopy(ctx, src.PgConn(), dst.PgConn(),
 		fmt.Sprintf(`COPY (SELECT %s, coalesce(o.roname, ''), c.timestamp
 			FROM ONLY %s AS t
-			CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) AS c
+			CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) AS x
+			LEFT JOIN bdr.row_versions AS v ON v.relid = t.tableoid AND v.tid = t.ctid AND v.row_xmin = t.xmin
+			CROSS JOIN LATERAL (SELECT CASE WHEN v.relid IS NULL THEN x.timestamp ELSE v.commit_time END AS timestamp,
+				CASE WHEN v.relid IS NULL THEN x.roident ELSE v.roident END AS roident) AS c
 			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = c.roident
 			WHERE c.timestamp >= pg_catalog.current_setting('bdr.restamp_after')::timestamptz) TO STDOUT`,
 			strings.Join(texts, ", "), t.name),

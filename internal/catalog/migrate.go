@@ -15,8 +15,29 @@ type DB interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Schema is the name of bdr's own schema. Nothing in it replicates.
+// Schema is the name of bdr's own schema. Nothing in it replicates but
+// the tables of ReplicatedTables.
 const Schema = "bdr"
+
+// ReplicatedTables lists the tables of schema bdr whose rows replicate like
+// user tables (a declaration must hold on every node, or the group
+// diverges): the decoder keeps their changes, the applier applies them
+// (with last-update-wins), and a join copies their rows. Each has a
+// primary key.
+func ReplicatedTables() []string { return []string{"delta_columns"} }
+
+// IsReplicated reports whether schema.table is one of ReplicatedTables.
+func IsReplicated(schema, table string) bool {
+	if schema != Schema {
+		return false
+	}
+	for _, t := range ReplicatedTables() {
+		if t == table {
+			return true
+		}
+	}
+	return false
+}
 
 // migrations are applied in order; each runs once, in its own transaction,
 // and its index+1 is the schema version it produces. Never edit a released
@@ -388,6 +409,116 @@ SELECT n.node_name,
          ON sl.slot_name = bdr.repl_name(n.node_name) AND sl.database = pg_catalog.current_database()
   LEFT JOIN bdr.member_status m ON m.node_name = n.node_name
  WHERE NOT n.is_local AND n.state IN ('joining', 'active');
+`,
+	// 6: delta (counter) columns. bdr.delta_columns replicates (see
+	// ReplicatedTables); a trigger that fires on local and applied changes
+	// alike sets the table's replica identity, so that updates carry the old
+	// values the delta is computed from. bdr.row_versions is local: it holds
+	// the conflict version of row versions the applier wrote with a version
+	// other than the transaction's (a remote update of a delta table whose
+	// other columns lost).
+	`
+CREATE TABLE bdr.delta_columns (
+	schema_name text NOT NULL,
+	table_name  text NOT NULL,
+	column_name text NOT NULL,
+	declared_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (schema_name, table_name, column_name)
+);
+
+-- The conflict version of one row version (relid, tid, row_xmin): what
+-- last-update-wins compares instead of the commit time and origin of
+-- row_xmin, as long as that row version is the live one.
+CREATE TABLE bdr.row_versions (
+	relid       oid NOT NULL,
+	tid         tid NOT NULL,
+	row_xmin    xid NOT NULL,
+	commit_time timestamptz,
+	roident     oid NOT NULL,
+	PRIMARY KEY (relid, tid)
+);
+
+-- Checks a declaration and sets the replica identity it needs; on the
+-- removal of a table's last delta column, sets it back to DEFAULT.
+CREATE FUNCTION bdr.delta_columns_identity() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	rel   oid;
+	ident "char";
+	typ   oid;
+	attn  int2;
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND NOT EXISTS (SELECT 1 FROM bdr.delta_columns d
+			WHERE d.schema_name = OLD.schema_name AND d.table_name = OLD.table_name) THEN
+		SELECT c.oid, c.relreplident INTO rel, ident FROM pg_catalog.pg_class c
+		  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		 WHERE n.nspname = OLD.schema_name AND c.relname = OLD.table_name;
+		IF ident = 'f' THEN
+			EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY DEFAULT', OLD.schema_name, OLD.table_name);
+		END IF;
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN NULL;
+	END IF;
+	SELECT c.oid, c.relreplident INTO rel, ident FROM pg_catalog.pg_class c
+	  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	 WHERE n.nspname = NEW.schema_name AND c.relname = NEW.table_name AND c.relkind = 'r';
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'bdr: delta column %: table %.% does not exist on this node', NEW.column_name,
+			pg_catalog.quote_ident(NEW.schema_name), pg_catalog.quote_ident(NEW.table_name) USING ERRCODE = '42P01';
+	END IF;
+	SELECT a.atttypid, a.attnum INTO typ, attn FROM pg_catalog.pg_attribute a
+	 WHERE a.attrelid = rel AND a.attname = NEW.column_name AND a.attnum > 0 AND NOT a.attisdropped;
+	IF typ IS NULL THEN
+		RAISE EXCEPTION 'bdr: column % of table %.% does not exist', pg_catalog.quote_ident(NEW.column_name),
+			pg_catalog.quote_ident(NEW.schema_name), pg_catalog.quote_ident(NEW.table_name) USING ERRCODE = '42703';
+	END IF;
+	IF typ NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype) THEN
+		RAISE EXCEPTION 'bdr: column % is of type %: a delta column must be smallint, integer, bigint or numeric (float addition depends on the order, so nodes adding the same increments in another order would differ)',
+			pg_catalog.quote_ident(NEW.column_name), pg_catalog.format_type(typ, NULL) USING ERRCODE = '42804';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index x WHERE x.indrelid = rel AND x.indisprimary) THEN
+		RAISE EXCEPTION 'bdr: table %.% has no primary key: a table with delta columns needs one',
+			pg_catalog.quote_ident(NEW.schema_name), pg_catalog.quote_ident(NEW.table_name) USING ERRCODE = '42P10';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_index x WHERE x.indrelid = rel AND x.indisprimary AND attn = ANY (x.indkey)) THEN
+		RAISE EXCEPTION 'bdr: column % is part of the primary key of %.%: it cannot be a delta column',
+			pg_catalog.quote_ident(NEW.column_name), pg_catalog.quote_ident(NEW.schema_name),
+			pg_catalog.quote_ident(NEW.table_name) USING ERRCODE = '42P10';
+	END IF;
+	IF ident <> 'f' THEN
+		EXECUTE pg_catalog.format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', NEW.schema_name, NEW.table_name);
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER delta_columns_identity AFTER INSERT OR UPDATE OR DELETE ON bdr.delta_columns
+	FOR EACH ROW EXECUTE FUNCTION bdr.delta_columns_identity();
+-- Also when bdrd applies a declaration made on another node, or copies
+-- them at join (session_replication_role = replica).
+ALTER TABLE bdr.delta_columns ENABLE ALWAYS TRIGGER delta_columns_identity;
+
+-- Declares a numeric column a delta (counter) column: concurrent updates
+-- on different nodes add their increments (new - old) instead of one
+-- overwriting the other. The declaration replicates to every node.
+CREATE FUNCTION bdr.alter_column_set_delta(table_name regclass, column_name name) RETURNS void
+LANGUAGE sql AS $$
+	INSERT INTO bdr.delta_columns (schema_name, table_name, column_name)
+	SELECT n.nspname, c.relname, $2
+	  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = $1
+	ON CONFLICT DO NOTHING
+$$;
+
+-- Undoes bdr.alter_column_set_delta; the last delta column of a table
+-- takes the table back to REPLICA IDENTITY DEFAULT.
+CREATE FUNCTION bdr.alter_column_unset_delta(table_name regclass, column_name name) RETURNS void
+LANGUAGE sql AS $$
+	DELETE FROM bdr.delta_columns d
+	 USING pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	 WHERE c.oid = $1 AND d.schema_name = n.nspname AND d.table_name = c.relname AND d.column_name = $2
+$$;
 `,
 }
 
