@@ -405,7 +405,7 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 	if err != nil {
 		return 0, err
 	}
-	if catalog.IsReplicated(c.Rel.Schema, c.Rel.Name) {
+	if p.declares {
 		a.declared = true // plans of tables with old rows are built again after this transaction
 	}
 	if len(p.keys) == 0 && c.Op != decoder.Insert {

@@ -102,11 +102,7 @@ func txnTables(t *decoder.Txn) ([]string, error) {
 // done nothing, when a table of t has the pause policy (or t is too large
 // to park): the caller then stops the stream with cause.
 func (a *applier) park(ctx context.Context, t *decoder.Txn, cause error) (bool, error) {
-	if a.conn.PgConn().TxStatus() != 'I' {
-		if _, err := a.conn.Exec(ctx, "ROLLBACK"); err != nil {
-			return false, fmt.Errorf("park txn %d: rollback: %w", t.Xid, err)
-		}
-	}
+	// t failed as a *txnFailed: its local transaction is rolled back.
 	tables, err := txnTables(t)
 	if err != nil {
 		return false, fmt.Errorf("park txn %d: %w", t.Xid, err)
@@ -174,7 +170,7 @@ type parkedTxn struct {
 }
 
 // retryParked retries the parked transactions of this stream that are due
-// (all of them when now is set), oldest first, and counts what is left.
+// (all of them when all is set), oldest first, and counts what is left.
 func (a *applier) retryParked(ctx context.Context, all bool) error {
 	rows, err := a.conn.Query(ctx, `SELECT error_id, remote_xid, remote_commit_lsn::text, remote_end_lsn::text,
 			remote_commit_time, changes::text, attempts

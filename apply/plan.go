@@ -10,6 +10,7 @@ import (
 
 	"github.com/bdr-dev/bdr/conflict"
 	"github.com/bdr-dev/bdr/decoder"
+	"github.com/bdr-dev/bdr/internal/catalog"
 )
 
 // plan holds the statements of one relation as the provider described it.
@@ -42,6 +43,9 @@ type plan struct {
 	// delta marks the delta columns (plan_delta.go); nil when the table
 	// has none, or when its changes do not carry old rows.
 	delta []bool
+	// declares: the table is one of bdr's replicated declarations
+	// (catalog.ReplicatedTables); applying it changes other plans.
+	declares bool
 
 	insert, del       stmt            // fast (or plain without a key)
 	update            map[string]stmt // fast (or plain), by presence mask
@@ -116,6 +120,7 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		table:     ident(rel.Schema, rel.Name),
 		keys:      rel.KeyColumns(),
 		full:      rel.ReplicaIdentity == decoder.IdentityFull,
+		declares:  catalog.IsReplicated(rel.Schema, rel.Name),
 		update:    map[string]stmt{},
 		resUpdate: map[string]stmt{},
 	}
