@@ -411,7 +411,7 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 	if len(p.keys) == 0 && c.Op != decoder.Insert {
 		return 0, fmt.Errorf("%s of %s: the table has no replica identity", c.Op, p.table)
 	}
-	var st stmt
+	var st, pre stmt
 	var params []param
 	kind, counted := opChange, 0
 	if p.resolving() {
@@ -426,13 +426,19 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		rows.ins++
 		st = p.insert
 		if kind == opResolve {
-			st = p.resInsert
+			st, pre = p.resInsert, p.uniqInsert
 		}
 		params = append(params, values(c.New)...)
 	case decoder.Update:
 		rows.upd++
 		mask := presence(c.New)
-		st = a.updateStmt(p, mask, kind == opResolve)
+		if kind == opResolve {
+			// A changed key comes with the old one: check it too.
+			pre = a.uniqueUpdateStmt(p, mask, c.Old != nil)
+			st = a.updateStmt(p, mask, true, pre.name != "")
+		} else {
+			st = a.updateStmt(p, mask, false, false)
+		}
 		params = append(params, values(p.keyValues(c.Old, c.New))...)
 		if p.hasDelta() {
 			vals, err := p.deltaValues(c.Old, c.New)
@@ -457,20 +463,54 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 			params = append(params, commitTS)
 		}
 	}
+	if pre.name != "" {
+		a.send(ctx, pre, params, op{kind: opResolve, txn: i, what: p.table, change: c.Op})
+	}
 	a.send(ctx, st, params, op{kind: kind, txn: i, what: p.table, change: c.Op})
 	return counted, nil
 }
 
-// updateStmt returns the UPDATE statement of p for the columns in mask.
-func (a *applier) updateStmt(p *plan, mask string, resolving bool) stmt {
-	cache, build := p.update, p.updateSQL
-	if resolving {
-		cache, build = p.resUpdate, p.resolvingUpdateSQL
+// updateStmt returns the UPDATE statement of p for the columns in mask;
+// afterUnique: a resolving one that follows a unique statement.
+func (a *applier) updateStmt(p *plan, mask string, resolving, afterUnique bool) stmt {
+	if !resolving {
+		st, ok := p.update[mask]
+		if !ok {
+			st = stmt{a.stmtName(), p.updateSQL(mask)}
+			p.update[mask] = st
+		}
+		return st
 	}
-	st, ok := cache[mask]
+	key := mask
+	if afterUnique {
+		key += "u"
+	}
+	st, ok := p.resUpdate[key]
 	if !ok {
-		st = stmt{a.stmtName(), build(mask)}
-		cache[mask] = st
+		st = stmt{a.stmtName(), p.resolvingUpdateSQL(mask, afterUnique)}
+		p.resUpdate[key] = st
+	}
+	return st
+}
+
+// uniqueUpdateStmt returns the unique statement (plan_unique.go) before
+// the resolving UPDATE of the columns in mask, or none when that UPDATE
+// cannot collide on a unique index: the table has none besides the key
+// and the key does not change.
+func (a *applier) uniqueUpdateStmt(p *plan, mask string, keyChanged bool) stmt {
+	if len(p.uniques) == 0 && !keyChanged || !p.resolving() || p.hasDelta() {
+		return stmt{}
+	}
+	key := mask
+	if keyChanged {
+		key += "k"
+	}
+	st, ok := p.uniqUpdate[key]
+	if !ok {
+		if sql := p.uniqueUpdateSQL(mask, keyChanged); sql != "" {
+			st = stmt{a.stmtName(), sql}
+		}
+		p.uniqUpdate[key] = st
 	}
 	return st
 }

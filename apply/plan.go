@@ -50,7 +50,13 @@ type plan struct {
 	insert, del       stmt            // fast (or plain without a key)
 	update            map[string]stmt // fast (or plain), by presence mask
 	resInsert, resDel stmt            // resolving
-	resUpdate         map[string]stmt // resolving, by presence mask
+	resUpdate         map[string]stmt // resolving, by presence mask and unique check
+	// uniques are the unique indexes besides the key that resolving
+	// statements check first (plan_unique.go), with uniqInsert and
+	// uniqUpdate.
+	uniques    []uniqueIndex
+	uniqInsert stmt
+	uniqUpdate map[string]stmt // by presence mask and key change
 }
 
 // stmt is a statement prepared on the applier's connection.
@@ -64,6 +70,8 @@ type localTable struct {
 	exists bool
 	types  map[string]string // column name -> format_type
 	delta  deltaRead         // read only for relations that carry old rows
+	// uniques: unique indexes, read only for relations with a key
+	uniques []localUnique
 }
 
 func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) (localTable, error) {
@@ -90,6 +98,10 @@ func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) 
 	}
 	if lt.exists && rel.ReplicaIdentity == decoder.IdentityFull {
 		if lt.delta, err = loadDelta(ctx, conn, rel); err != nil {
+			return localTable{}, err
+		}
+	} else if lt.exists && len(rel.KeyColumns()) > 0 {
+		if lt.uniques, err = loadUniques(ctx, conn, rel); err != nil {
 			return localTable{}, err
 		}
 	}
@@ -121,8 +133,9 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		keys:      rel.KeyColumns(),
 		full:      rel.ReplicaIdentity == decoder.IdentityFull,
 		declares:  catalog.IsReplicated(rel.Schema, rel.Name),
-		update:    map[string]stmt{},
-		resUpdate: map[string]stmt{},
+		update:     map[string]stmt{},
+		resUpdate:  map[string]stmt{},
+		uniqUpdate: map[string]stmt{},
 	}
 	for _, c := range rel.Columns {
 		typ, ok := lt.types[c.Name]
@@ -133,6 +146,7 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		p.types = append(p.types, typ)
 	}
 	p.useDelta(lt.delta)
+	p.useUniques(lt.uniques)
 	p.insert = stmt{name(), p.insertSQL()}
 	if len(p.keys) > 0 {
 		p.del = stmt{name(), p.deleteSQL()}
@@ -140,6 +154,9 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 	if p.resolving() {
 		p.resInsert = stmt{name(), p.resolvingInsertSQL()}
 		p.resDel = stmt{name(), p.resolvingDeleteSQL()}
+		if len(p.uniques) > 0 {
+			p.uniqInsert = stmt{name(), p.uniqueInsertSQL()}
+		}
 	}
 	return p, nil
 }

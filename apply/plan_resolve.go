@@ -87,22 +87,31 @@ func (p *plan) resolvingInsertSQL() string {
 	}
 	wins := conflict.RemoteWinsSQL(p.rowInputs("t", remoteTS))
 	dec := conflict.InsertSQL(recordInputs())
+	source, notSkip := "VALUES ("+strings.Join(vals, ", ")+")", ""
+	if len(p.uniques) > 0 {
+		// After the unique statement (plan_unique.go), which may have
+		// decided that the row is not inserted.
+		source = fmt.Sprintf("SELECT %s WHERE %s", strings.Join(vals, ", "), notSkipped)
+		notSkip = " AND " + notSkipped
+	}
 	return fmt.Sprintf(`WITH i AS (
-	INSERT INTO %s AS t (%s) VALUES (%s)
+	INSERT INTO %s AS t (%s) %s
 	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
 	RETURNING t.xmax = 0 AS inserted
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "),
+		p.table, strings.Join(p.cols, ", "), source,
 		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
 		p.record(dec, fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END", conflict.KeepRemote, conflict.KeepLocal),
 			p.tupleJSON(all, 3),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)) g LEFT JOIN LATERAL %s l ON true",
-				p.lookup(p.keyParams(true, 3)))))
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)%s) g LEFT JOIN LATERAL %s l ON true",
+				notSkip, p.lookup(p.keyParams(true, 3)))))
 }
 
-// resolvingUpdateSQL is the UPDATE of the columns present in mask.
-func (p *plan) resolvingUpdateSQL(mask string) string {
+// resolvingUpdateSQL is the UPDATE of the columns present in mask; with
+// afterUnique set, it follows a unique statement (plan_unique.go), which
+// may have decided that the change is not applied.
+func (p *plan) resolvingUpdateSQL(mask string, afterUnique bool) string {
 	if p.hasDelta() {
 		return p.resolvingDeltaUpdateSQL(mask)
 	}
@@ -119,13 +128,18 @@ func (p *plan) resolvingUpdateSQL(mask string) string {
 	}
 	apply := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 	dec := conflict.UpdateSQL(recordInputs())
+	notSkip := ""
+	if afterUnique {
+		notSkip = " AND " + notSkipped
+	}
 	return fmt.Sprintf(`WITH u AS (
-	UPDATE ONLY %s t SET %s WHERE %s AND (%s OR %s) RETURNING 1
+	UPDATE ONLY %s t SET %s WHERE %s%s AND (%s OR %s) RETURNING 1
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), mine("t.xmin"), apply,
+		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), notSkip, mine("t.xmin"), apply,
 		p.record(dec, dec.Resolution, p.tupleJSON(present, first),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)) g LEFT JOIN LATERAL %s l ON true", p.lookup(p.keyParams(false, 3)))))
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)%s) g LEFT JOIN LATERAL %s l ON true",
+				notSkip, p.lookup(p.keyParams(false, 3)))))
 }
 
 func (p *plan) resolvingDeleteSQL() string {

@@ -24,6 +24,32 @@ const (
 	DeleteMissing Type = "delete_missing"
 )
 
+// Conflict types on other constraints than the replica identity.
+const (
+	// UniqueSecondary: a remote row collides with a different local row on
+	// a unique index other than the replica identity.
+	UniqueSecondary Type = "unique_secondary"
+	// PKChange: a remote UPDATE changes the key to one a different local
+	// row has.
+	PKChange Type = "pk_change"
+	// MultipleUnique: a remote row collides on several unique indexes at
+	// once (with one or more local rows).
+	MultipleUnique Type = "multiple_unique"
+	// ForeignKeyOrphan: a remote row references a parent row that does not
+	// exist locally, or a remote DELETE leaves local rows referencing it.
+	// Apply does not enforce foreign keys (session_replication_role is
+	// replica), so the change is applied, as on every other node, and
+	// recorded.
+	ForeignKeyOrphan Type = "foreign_key_orphan"
+	// ExclusionViolation: a remote row violates an exclusion constraint;
+	// the transaction is parked.
+	ExclusionViolation Type = "exclusion_violation"
+	// ApplyError: a remote transaction failed for another reason than a
+	// conflict (a missing table, column or role, a type error); it is
+	// parked.
+	ApplyError Type = "apply_error"
+)
+
 // Resolution names what was done, as stored in conflict_history.resolution.
 type Resolution string
 
@@ -35,6 +61,11 @@ const (
 	DeleteWins Resolution = "delete_wins"
 	// Skip: the change had nothing to act on and was skipped.
 	Skip Resolution = "skip_change"
+	// ApplyAnyway: the change is applied although it breaks a constraint
+	// apply does not enforce (a foreign key), as on every other node.
+	ApplyAnyway Resolution = "apply_anyway"
+	// Parked: the whole transaction is parked in bdr.apply_errors.
+	Parked Resolution = "parked"
 )
 
 // Op is the kind of remote change.

@@ -1,0 +1,260 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/bdr-dev/bdr/conflict"
+	"github.com/bdr-dev/bdr/decoder"
+)
+
+// Unique indexes other than the replica identity. A remote row may collide
+// with a different local row on one of them (unique_secondary), on several
+// (multiple_unique), or, for an UPDATE that changes the key, on the key
+// itself (pk_change). The rule, the same on every node: of two rows that
+// collide, the older version is deleted (last update wins, the times and
+// origins compared as for every conflict). The remote change beats a
+// colliding local row: that row is deleted and the change applied. A
+// colliding local row beats the remote change: the change is not applied,
+// and a remote UPDATE's row is deleted, as it is on the node that wrote the
+// update when the newer row reaches it. Each node reaches the same outcome
+// for each pair whatever the order the rows arrive in.
+//
+// Resolving statements of a table with such indexes are preceded, in the
+// same pipeline and with the same parameters, by a unique statement that
+// finds the colliding rows, deletes the older ones, records each conflict
+// and sets bdr.skip for the main statement when the remote change lost.
+// Two statements, not one with data-modifying CTEs, because the order in
+// which PostgreSQL runs those is not defined: the main statement must see
+// the deletions.
+//
+// Partial and expression indexes are not checked: a collision there fails
+// the change, which is retried and then parked (bdr.apply_errors).
+
+// uniqueIndex is a unique index of the local table that the applier checks.
+type uniqueIndex struct {
+	name             string
+	cols             []int // positions in the relation's columns
+	nullsNotDistinct bool
+}
+
+// localUnique is a unique index as the local catalog describes it.
+type localUnique struct {
+	name             string
+	cols             []string
+	nullsNotDistinct bool
+}
+
+// setSkip is the transaction-local setting a unique statement leaves for
+// the main statement: 'true' when the remote change lost to a local row.
+const setSkip = "bdr.skip"
+
+// notSkipped is false when the unique statement before decided that the
+// remote change is not applied.
+var notSkipped = fmt.Sprintf("coalesce(pg_catalog.current_setting('%s', true), '') <> 'true'", setSkip)
+
+func loadUniques(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) ([]localUnique, error) {
+	rows, err := conn.Query(ctx, `SELECT i.relname::text,
+			array(SELECT a.attname::text FROM pg_catalog.unnest(x.indkey) WITH ORDINALITY k(attnum, n)
+				JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum ORDER BY k.n),
+			x.indnullsnotdistinct
+		FROM pg_catalog.pg_index x
+		JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+		JOIN pg_catalog.pg_class c ON c.oid = x.indrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND x.indisunique AND x.indisvalid
+		  AND x.indpred IS NULL AND x.indexprs IS NULL AND NOT (0 = ANY (x.indkey::int2[]))
+		ORDER BY i.relname`, rel.Schema, rel.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
+	}
+	defer rows.Close()
+	var out []localUnique
+	for rows.Next() {
+		var u localUnique
+		if err := rows.Scan(&u.name, &u.cols, &u.nullsNotDistinct); err != nil {
+			return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
+	}
+	return out, nil
+}
+
+// useUniques keeps the unique indexes, other than the key's, whose columns
+// the remote relation carries.
+func (p *plan) useUniques(lus []localUnique) {
+	if !p.resolving() || p.hasDelta() {
+		return
+	}
+	pos := map[string]int{}
+	for i, c := range p.rel.Columns {
+		pos[c.Name] = i
+	}
+	key := map[int]bool{}
+	for _, k := range p.keys {
+		key[k] = true
+	}
+next:
+	for _, lu := range lus {
+		u := uniqueIndex{name: lu.name, nullsNotDistinct: lu.nullsNotDistinct}
+		same := len(lu.cols) == len(p.keys)
+		for _, c := range lu.cols {
+			i, ok := pos[c]
+			if !ok {
+				continue next
+			}
+			same = same && key[i]
+			u.cols = append(u.cols, i)
+		}
+		if !same {
+			p.uniques = append(p.uniques, u)
+		}
+	}
+}
+
+// collision is the condition that the row alias collides on index cols
+// with the new values, whose parameter numbers param gives by column.
+func (p *plan) collision(alias string, cols []int, nnd bool, param func(col int) int) string {
+	op := "="
+	if nnd {
+		op = "IS NOT DISTINCT FROM"
+	}
+	conds := make([]string, len(cols))
+	for i, c := range cols {
+		conds[i] = fmt.Sprintf("%s.%s %s %s", alias, p.cols[c], op, placeholder(param(c), p.types[c]))
+	}
+	return "(" + strings.Join(conds, " AND ") + ")"
+}
+
+// uniqueInsertSQL is the unique statement before a resolving INSERT; it
+// takes the INSERT's parameters.
+func (p *plan) uniqueInsertSQL() string {
+	param := func(c int) int { return c + 3 }
+	var checks []check
+	for _, u := range p.uniques {
+		checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary})
+	}
+	all := make([]int, len(p.cols))
+	for i := range all {
+		all[i] = i
+	}
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(true, 3)), false, p.tupleJSON(all, 3))
+}
+
+// uniqueUpdateSQL is the unique statement before the resolving UPDATE of
+// the columns in mask, or "" when the UPDATE cannot collide: it takes the
+// UPDATE's parameters. With keyChanged it also checks the new key.
+func (p *plan) uniqueUpdateSQL(mask string, keyChanged bool) string {
+	params := map[int]int{}
+	next := len(p.keys) + 3
+	var present []int
+	for i := range p.cols {
+		if mask[i] == '1' {
+			params[i] = next
+			present = append(present, i)
+			next++
+		}
+	}
+	param := func(c int) int { return params[c] }
+	carried := func(cols []int) bool {
+		for _, c := range cols {
+			if _, ok := params[c]; !ok {
+				return false
+			}
+		}
+		return true
+	}
+	var checks []check
+	if keyChanged && carried(p.keys) {
+		checks = append(checks, check{index: "the key", cond: p.collision("t", p.keys, false, param), typ: conflict.PKChange})
+	}
+	for _, u := range p.uniques {
+		if carried(u.cols) {
+			checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary})
+		}
+	}
+	if len(checks) == 0 {
+		return ""
+	}
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(false, 3)), true, p.tupleJSON(present, len(p.keys)+3))
+}
+
+// check is one index a remote row may collide on.
+type check struct {
+	index string
+	cond  string
+	typ   conflict.Type
+}
+
+// uniqueSQL finds the local rows other than the target (the row with the
+// change's key) that collide on one of checks, deletes those the remote
+// change beats, and when one beats it, sets bdr.skip and, for an UPDATE,
+// deletes the target. It records one conflict per row deleted, and one for
+// the local row that beat the change; it returns their types.
+func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple string) string {
+	conds := make([]string, len(checks))
+	indexes := make([]string, len(checks))
+	for i, c := range checks {
+		conds[i] = c.cond
+		indexes[i] = fmt.Sprintf("CASE WHEN %s THEN '%s:%s' END", c.cond, c.typ, strings.ReplaceAll(c.index, "'", "''"))
+	}
+	in := conflict.Inputs{Found: "true", Same: "false", LocalTS: "v.lts", LocalNode: "v.lnode",
+		RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int")}
+	wins := conflict.RemoteWinsSQL(in)
+	// The type of a collision: the index's, or multiple_unique when the
+	// remote row collides on more than one index (with this row or others).
+	typ := fmt.Sprintf("CASE WHEN (SELECT count(DISTINCT x) FROM c, unnest(c.indexes) x) > 1 THEN '%s' ELSE split_part(v.indexes[1], ':', 1) END",
+		conflict.MultipleUnique)
+	lost := "EXISTS (SELECT 1 FROM w WHERE NOT w.wins)"
+	targetGone := ""
+	loserFate := "the remote row is not inserted"
+	if update {
+		targetGone = fmt.Sprintf(`, k AS (
+	DELETE FROM ONLY %s t WHERE %s AND %s RETURNING 1
+)`, p.table, target, lost)
+		loserFate = "the remote update is not applied and its row is deleted"
+	}
+	version := func(ts, node string) string {
+		return fmt.Sprintf(`coalesce(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.USZ') || ' by node ' || %s, 'unknown commit time')`, ts, node)
+	}
+	remote, local := version(remoteTS, setting(setRemoteID, "int")), version("v.lts", "v.lnode")
+	return fmt.Sprintf(`WITH c AS (
+	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
+		array_remove(ARRAY[%s], NULL) AS indexes
+	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) ts ON true
+	WHERE (%s) AND NOT (%s)
+	FOR UPDATE OF t
+), v AS (
+	SELECT c.*, %s AS lnode FROM c
+), w AS (
+	SELECT v.*, %s AS wins FROM v
+), d AS (
+	DELETE FROM ONLY %s t USING w WHERE t.ctid = w.tid AND w.wins RETURNING 1
+)%s, h AS (
+	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
+		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
+		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
+	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, r.resolution, r.reason,
+		pg_catalog.to_jsonb(v.row), v.lts, v.lnode, %s, %s, %s, %s
+	FROM w v, LATERAL (SELECT CASE WHEN v.wins THEN '%s' ELSE '%s' END AS resolution,
+		'collides on ' || array_to_string(array(SELECT split_part(x, ':', 2) FROM unnest(v.indexes) x), ', ') || ': ' ||
+		CASE WHEN v.wins THEN 'remote ' || %s || ' is newer than local ' || %s || '; the local row is deleted'
+		ELSE 'local ' || %s || ' is newer than or ties with remote ' || %s || '; ' || '%s' END AS reason) r
+	WHERE v.wins OR v.tid = (SELECT x.tid FROM w x WHERE NOT x.wins ORDER BY x.lts DESC NULLS LAST, x.lnode DESC LIMIT 1)
+	RETURNING conflict_type
+)
+SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN h ON true`,
+		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
+		nodeOf("c.lro"), wins,
+		p.table, targetGone,
+		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
+		typ, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
+		conflict.KeepRemote, conflict.KeepLocal, remote, local, local, remote, loserFate,
+		setSkip, lost)
+}

@@ -1,0 +1,104 @@
+package apply_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/grouptest"
+)
+
+// TestUniqueConflicts provokes conflicts on unique indexes other than the
+// replica identity, and on a changed key, with the bdrd of all three nodes
+// stopped, then lets them meet: of two colliding rows the older goes on
+// every node, nothing is parked, the conflicts are written down and the
+// nodes converge.
+func TestUniqueConflicts(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t), "uniq", grouptest.Options{}, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, name text UNIQUE)`)
+		first.Exec(`INSERT INTO users VALUES (10, 'x10', 'n10'), (20, 'x20', 'n20'), (30, 'x30', 'n30')`)
+	})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		n.Stop()
+	}
+	step := func(n *grouptest.Node, sql string) {
+		t.Helper()
+		n.Exec(sql)
+		time.Sleep(5 * time.Millisecond) // distinct commit times, in this order
+	}
+	// unique_secondary, two inserts: b's is later and wins.
+	step(a, `INSERT INTO users VALUES (1, 'e1', 'a1')`)
+	step(b, `INSERT INTO users VALUES (2, 'e1', 'b2')`)
+	// An update that loses to a later insert: the updated row goes.
+	step(a, `UPDATE users SET email = 'e2' WHERE id = 10`)
+	step(c, `INSERT INTO users VALUES (11, 'e2', 'c11')`)
+	// pk_change losing to a later insert of the new key.
+	step(a, `UPDATE users SET id = 21 WHERE id = 20`)
+	step(b, `INSERT INTO users VALUES (21, 'e21', 'b21')`)
+	// pk_change winning over an earlier insert of the new key.
+	step(b, `INSERT INTO users VALUES (31, 'e31', 'b31')`)
+	step(a, `UPDATE users SET id = 31 WHERE id = 30`)
+	// multiple_unique: one insert collides with two later rows...
+	step(a, `INSERT INTO users VALUES (42, 'm1', 'm2')`)
+	step(b, `INSERT INTO users VALUES (43, 'm1', 'b43')`)
+	step(b, `INSERT INTO users VALUES (44, 'b44', 'm2')`)
+	// ... and a later insert beats two rows.
+	step(a, `INSERT INTO users VALUES (45, 'm3', 'a45')`)
+	step(a, `INSERT INTO users VALUES (46, 'a46', 'm4')`)
+	step(b, `INSERT INTO users VALUES (47, 'm3', 'm4')`)
+	for _, n := range nodes {
+		n.Start()
+	}
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	grouptest.AssertConverged(t, nodes)
+
+	want := map[int]string{2: "e1", 11: "e2", 21: "e21", 31: "x30", 43: "m1", 44: "b44", 47: "m3"}
+	for _, n := range nodes {
+		if got := n.QueryInt(`SELECT count(*) FROM users WHERE id < 100`); got != int64(len(want)) {
+			t.Errorf("%s: %d rows, want %d: %s", n.Name, got, len(want), n.QueryText(`SELECT string_agg(id || '=' || email, ' ' ORDER BY id) FROM users`))
+		}
+		for id, email := range want {
+			if n.QueryInt(`SELECT count(*) FROM users WHERE id = $1 AND email = $2`, id, email) != 1 {
+				t.Errorf("%s: no row %d with email %q", n.Name, id, email)
+			}
+		}
+		if p := n.QueryInt(`SELECT count(*) FROM bdr.apply_errors`); p != 0 {
+			t.Errorf("%s parked %d transactions: %s", n.Name, p, n.QueryText(`SELECT string_agg(error, '; ') FROM bdr.apply_errors`))
+		}
+	}
+	count := func(typ, resolution string) int64 {
+		var sum int64
+		for _, n := range nodes {
+			sum += n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE table_name = 'users'
+				AND conflict_type = $1 AND resolution = $2 AND reason LIKE '%by node%by node%'`, typ, resolution)
+		}
+		return sum
+	}
+	for _, tc := range []struct{ typ, res string }{
+		{"unique_secondary", "last_update_wins_keep_remote"},
+		{"unique_secondary", "last_update_wins_keep_local"},
+		{"pk_change", "last_update_wins_keep_remote"},
+		{"pk_change", "last_update_wins_keep_local"},
+		{"multiple_unique", "last_update_wins_keep_remote"},
+		{"multiple_unique", "last_update_wins_keep_local"},
+	} {
+		if count(tc.typ, tc.res) == 0 {
+			t.Errorf("no %s conflict resolved %s recorded", tc.typ, tc.res)
+		}
+	}
+	if t.Failed() {
+		for _, n := range nodes {
+			t.Logf("%s: %s", n.Name, n.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, E'\n'), '') FROM bdr.conflict_history`))
+		}
+	}
+
+	// No stall: a later change replicates everywhere.
+	c.Exec(`INSERT INTO users VALUES (100, 'later', 'later')`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	for _, n := range nodes {
+		if n.QueryInt(`SELECT count(*) FROM users WHERE id = 100`) != 1 {
+			t.Errorf("%s: the later row did not arrive", n.Name)
+		}
+	}
+}
