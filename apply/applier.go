@@ -85,6 +85,10 @@ type applier struct {
 	deltaSeen string
 	declared  bool
 
+	// orphanChecks are the foreign-key checks of the transaction being
+	// sent, sent before its COMMIT (plan_fk.go).
+	orphanChecks []pendingCheck
+
 	// trace, when not nil, collects every statement sent (for tests).
 	trace *[]op
 
@@ -342,6 +346,7 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 		if resolving {
 			a.resolveNext--
 		}
+		a.orphanChecks = a.orphanChecks[:0]
 		a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: i, what: "begin"})
 		if resolving {
 			a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
@@ -359,6 +364,7 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 			return b.syncIfFull(ctx)
 		})
 		if err == nil {
+			a.sendOrphanChecks(ctx, i)
 			if counted > 0 {
 				a.send(ctx, stmtCheck, []param{{data: []byte(strconv.Itoa(counted))}}, op{kind: opCheck, txn: i, what: "check"})
 			}
@@ -467,6 +473,7 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		a.send(ctx, pre, params, op{kind: opResolve, txn: i, what: p.table, change: c.Op})
 	}
 	a.send(ctx, st, params, op{kind: kind, txn: i, what: p.table, change: c.Op})
+	a.queueOrphanCheck(ctx, i, p, c, params, kind == opResolve)
 	return counted, nil
 }
 

@@ -57,6 +57,12 @@ type plan struct {
 	uniques    []uniqueIndex
 	uniqInsert stmt
 	uniqUpdate map[string]stmt // by presence mask and key change
+	// parents and children are the foreign keys the applier checks for
+	// orphans (plan_fk.go), with parentCheck (by presence mask, "" for an
+	// INSERT) and childCheck.
+	parents, children []foreignKey
+	parentCheck       map[string]stmt
+	childCheck        stmt
 }
 
 // stmt is a statement prepared on the applier's connection.
@@ -72,6 +78,7 @@ type localTable struct {
 	delta  deltaRead         // read only for relations that carry old rows
 	// uniques: unique indexes, read only for relations with a key
 	uniques []localUnique
+	fks     []localFK
 }
 
 func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) (localTable, error) {
@@ -105,6 +112,11 @@ func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) 
 			return localTable{}, err
 		}
 	}
+	if lt.exists {
+		if lt.fks, err = loadForeignKeys(ctx, conn, rel); err != nil {
+			return localTable{}, err
+		}
+	}
 	return lt, nil
 }
 
@@ -135,7 +147,8 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		declares:   catalog.IsReplicated(rel.Schema, rel.Name),
 		update:     map[string]stmt{},
 		resUpdate:  map[string]stmt{},
-		uniqUpdate: map[string]stmt{},
+		uniqUpdate:  map[string]stmt{},
+		parentCheck: map[string]stmt{},
 	}
 	for _, c := range rel.Columns {
 		typ, ok := lt.types[c.Name]
@@ -147,6 +160,10 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 	}
 	p.useDelta(lt.delta)
 	p.useUniques(lt.uniques)
+	p.useForeignKeys(lt.fks)
+	if len(p.children) > 0 {
+		p.childCheck = stmt{name(), p.childCheckSQL()}
+	}
 	p.insert = stmt{name(), p.insertSQL()}
 	if len(p.keys) > 0 {
 		p.del = stmt{name(), p.deleteSQL()}
