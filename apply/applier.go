@@ -118,7 +118,9 @@ type op struct {
 	what string // for errors: the statement, or with change set, the table
 	// change is the kind of row change of an opChange or opResolve.
 	change decoder.Op
-	stmt   string // the statement prepared or executed
+	// rel is the relation a row change or its checks act on.
+	rel  *decoder.Relation
+	stmt string // the statement prepared or executed
 }
 
 // describe says what the operation was, for errors.
@@ -470,9 +472,9 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		}
 	}
 	if pre.name != "" {
-		a.send(ctx, pre, params, op{kind: opResolve, txn: i, what: p.table, change: c.Op})
+		a.send(ctx, pre, params, op{kind: opResolve, txn: i, what: p.table, change: c.Op, rel: c.Rel})
 	}
-	a.send(ctx, st, params, op{kind: kind, txn: i, what: p.table, change: c.Op})
+	a.send(ctx, st, params, op{kind: kind, txn: i, what: p.table, change: c.Op, rel: c.Rel})
 	a.queueOrphanCheck(ctx, i, p, c, params, kind == opResolve)
 	return counted, nil
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/bdr-dev/bdr/conflict"
 	"github.com/bdr-dev/bdr/decoder"
 	"github.com/bdr-dev/bdr/internal/pgerr"
 )
@@ -136,14 +138,25 @@ func (a *applier) park(ctx context.Context, t *decoder.Txn, cause error) (bool, 
 			t.EndLSN.String(), t.CommitTime); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `INSERT INTO bdr.apply_errors (origin_node_id, origin_node_name, remote_xid,
+		if err := tx.QueryRow(ctx, `INSERT INTO bdr.apply_errors (origin_node_id, origin_node_name, remote_xid,
 				remote_commit_lsn, remote_end_lsn, remote_commit_time, tables, change_count, changes, sqlstate, error,
 				next_retry_at)
 			VALUES ($1, $2, $3, $4::text::pg_lsn, $5::text::pg_lsn, $6, $7, $8, $9::text::jsonb, $10, $11,
 				pg_catalog.clock_timestamp() + $12::interval)
 			RETURNING error_id`,
 			a.peer.NodeID, a.peer.Name, int64(t.Xid), t.CommitLSN.String(), t.EndLSN.String(), t.CommitTime,
-			tables, n, string(changes), code, cause.Error(), parkRetryMin.String()).Scan(&id)
+			tables, n, string(changes), code, cause.Error(), parkRetryMin.String()).Scan(&id); err != nil {
+			return err
+		}
+		schema, table := parkedTable(cause, tables)
+		_, err := tx.Exec(ctx, `INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id,
+				remote_node_name, schema_name, table_name, conflict_type, resolution, reason, remote_xid,
+				remote_commit_time, remote_commit_lsn)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::pg_lsn)`,
+			a.local.NodeID, a.local.Name, a.peer.NodeID, a.peer.Name, schema, table, parkedType(code), conflict.Parked,
+			fmt.Sprintf("the transaction could not be applied and is parked as apply error %d (bdrctl errors list): %s", id, cause),
+			int64(t.Xid), t.CommitTime, t.CommitLSN.String())
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("park txn %d: %w", t.Xid, err)
@@ -159,6 +172,35 @@ func (a *applier) park(ctx context.Context, t *decoder.Txn, cause error) (bool, 
 	a.log.Warn("transaction parked: it could not be applied; the stream goes on (bdrctl errors list)",
 		"id", id, "xid", t.Xid, "commit_lsn", t.CommitLSN.String(), "tables", tables, "err", cause)
 	return true, nil
+}
+
+// parkedType is the conflict type a parked transaction is recorded with
+// in conflict_history, by the SQLSTATE of its error.
+func parkedType(code *string) conflict.Type {
+	switch {
+	case code == nil:
+		return conflict.ApplyError
+	case *code == "23P01":
+		return conflict.ExclusionViolation
+	case *code == "23505":
+		// On an index the applier does not resolve (partial, expression).
+		return conflict.UniqueSecondary
+	}
+	return conflict.ApplyError
+}
+
+// parkedTable is the table a parked transaction failed on: the one of the
+// failed statement, else its first table.
+func parkedTable(cause error, tables []string) (schema, table string) {
+	var oe *opError
+	if errors.As(cause, &oe) && oe.rel != nil {
+		return oe.rel.Schema, oe.rel.Name
+	}
+	if len(tables) == 0 {
+		return "", ""
+	}
+	schema, table, _ = strings.Cut(tables[0], ".")
+	return schema, table
 }
 
 // parkedTxn is a parked transaction due for a retry.

@@ -154,7 +154,7 @@ func (a *applier) syncPipeline(ctx context.Context) (insert, flush decoder.LSN, 
 				_ = pl.Close()
 				return 0, 0, last, failed, fmt.Errorf("%s: %w", o.describe(), err)
 			}
-			failedIdx, failErr = i, fmt.Errorf("%s: %w", o.describe(), err)
+			failedIdx, failErr = i, &opError{rel: o.rel, err: fmt.Errorf("%s: %w", o.describe(), err)}
 			break
 		}
 		if o.kind == opCommit {
@@ -181,6 +181,16 @@ func (a *applier) syncPipeline(ctx context.Context) (insert, flush decoder.LSN, 
 	}
 	return 0, 0, last, failed, failErr
 }
+
+// opError is the failure of one statement; rel is the relation it
+// changed, if any.
+type opError struct {
+	rel *decoder.Relation
+	err error
+}
+
+func (e *opError) Error() string { return e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
 
 // readChange reads the result of a change statement: the type of the
 // conflict it resolved, if any.

@@ -140,13 +140,13 @@ func newPlan(rel *decoder.Relation, lt localTable, name func() string) (*plan, e
 		return nil, fmt.Errorf("table %s does not exist on this node (create it here too)", ident(rel.Schema, rel.Name))
 	}
 	p := &plan{
-		rel:        rel,
-		table:      ident(rel.Schema, rel.Name),
-		keys:       rel.KeyColumns(),
-		full:       rel.ReplicaIdentity == decoder.IdentityFull,
-		declares:   catalog.IsReplicated(rel.Schema, rel.Name),
-		update:     map[string]stmt{},
-		resUpdate:  map[string]stmt{},
+		rel:         rel,
+		table:       ident(rel.Schema, rel.Name),
+		keys:        rel.KeyColumns(),
+		full:        rel.ReplicaIdentity == decoder.IdentityFull,
+		declares:    catalog.IsReplicated(rel.Schema, rel.Name),
+		update:      map[string]stmt{},
+		resUpdate:   map[string]stmt{},
 		uniqUpdate:  map[string]stmt{},
 		parentCheck: map[string]stmt{},
 	}

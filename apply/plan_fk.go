@@ -218,6 +218,7 @@ type pendingCheck struct {
 	params []param
 	what   string // the table
 	change decoder.Op
+	rel    *decoder.Relation
 }
 
 // maxPendingChecks bounds the checks one transaction holds back; beyond
@@ -250,7 +251,7 @@ func (a *applier) queueOrphanCheck(ctx context.Context, i int, p *plan, c *decod
 	}
 	all := make([]param, 0, len(base)+2)
 	all = append(all, param{data: []byte(p.rel.Schema)}, param{data: []byte(p.rel.Name)})
-	a.orphanChecks = append(a.orphanChecks, pendingCheck{st: st, params: append(all, base...), what: p.table, change: c.Op})
+	a.orphanChecks = append(a.orphanChecks, pendingCheck{st: st, params: append(all, base...), what: p.table, change: c.Op, rel: c.Rel})
 	if len(a.orphanChecks) >= maxPendingChecks {
 		a.sendOrphanChecks(ctx, i)
 	}
@@ -259,7 +260,7 @@ func (a *applier) queueOrphanCheck(ctx context.Context, i int, p *plan, c *decod
 // sendOrphanChecks sends the orphan checks held back for transaction i.
 func (a *applier) sendOrphanChecks(ctx context.Context, i int) {
 	for _, pc := range a.orphanChecks {
-		a.send(ctx, pc.st, pc.params, op{kind: opResolve, txn: i, what: "foreign key check after " + pc.change.String() + " on " + pc.what})
+		a.send(ctx, pc.st, pc.params, op{kind: opResolve, txn: i, what: "foreign key check after " + pc.change.String() + " on " + pc.what, rel: pc.rel})
 	}
 	a.orphanChecks = a.orphanChecks[:0]
 }

@@ -102,3 +102,38 @@ func TestUniqueConflicts(t *testing.T) {
 		}
 	}
 }
+
+// TestExclusionParked: rows that violate an exclusion constraint together,
+// written on two nodes at once, cannot both stay, and no rule picks one:
+// each node parks the other's transaction, records the conflict, and goes
+// on with later changes.
+func TestExclusionParked(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t)[:2], "excl", grouptest.Options{ErrorRetry: time.Hour}, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE booking (id int PRIMARY KEY, during tsrange, EXCLUDE USING gist (during WITH &&))`)
+	})
+	a, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.Stop()
+	}
+	a.Exec(`INSERT INTO booking VALUES (1, '[2026-01-01 10:00, 2026-01-01 12:00)')`)
+	b.Exec(`INSERT INTO booking VALUES (2, '[2026-01-01 11:00, 2026-01-01 13:00)')`)
+	for _, n := range nodes {
+		n.Start()
+	}
+	a.Exec(`INSERT INTO booking VALUES (3, '[2026-02-01 10:00, 2026-02-01 12:00)')`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	for _, n := range nodes {
+		if n.QueryInt(`SELECT count(*) FROM booking WHERE id = 3`) != 1 {
+			t.Errorf("%s: the later row did not arrive", n.Name)
+		}
+		if n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked' AND sqlstate = '23P01'`) != 1 {
+			t.Errorf("%s: the other node's booking is not parked", n.Name)
+		}
+		if n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE conflict_type = 'exclusion_violation'
+			AND resolution = 'parked' AND table_name = 'booking' AND reason LIKE '%parked as apply error%'`) != 1 {
+			t.Errorf("%s: the exclusion violation is not recorded: %s", n.Name,
+				n.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
+		}
+	}
+}
