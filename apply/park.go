@@ -245,6 +245,11 @@ func (a *applier) retryParked(ctx context.Context, all bool) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read parked transactions: %w", err)
 	}
+	if len(due) > 0 {
+		// The cause may be a local table changed since (a column added or
+		// retyped): build the plans again from the local catalog.
+		a.plans, a.relPlans = map[string]*plan{}, map[*decoder.Relation]*plan{}
+	}
 	for _, p := range due {
 		if err := a.retryOne(ctx, p); err != nil {
 			return err

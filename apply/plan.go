@@ -37,7 +37,7 @@ type plan struct {
 	rel   *decoder.Relation
 	table string   // quoted "schema"."name"
 	cols  []string // quoted column names, provider order
-	types []string // local type of each column, format_type() text
+	types []string // local type of each column, for parameters (no modifier)
 	keys  []int    // positions of the replica identity columns
 	full  bool     // REPLICA IDENTITY FULL: any one row with equal columns
 	// delta marks the delta columns (plan_delta.go); nil when the table
@@ -74,7 +74,7 @@ type stmt struct {
 // localTable is what the local catalog says about the target of a relation.
 type localTable struct {
 	exists bool
-	types  map[string]string // column name -> format_type
+	types  map[string]string // column name -> type for parameters (no modifier)
 	delta  deltaRead         // read only for relations that carry old rows
 	// uniques: unique indexes, read only for relations with a key
 	uniques []localUnique
@@ -82,7 +82,17 @@ type localTable struct {
 }
 
 func loadLocalTable(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) (localTable, error) {
-	rows, err := conn.Query(ctx, `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+	// Parameters are cast to the column's type without its modifier: an
+	// explicit cast to varchar(n) or bit(n) cuts a longer value silently,
+	// the assignment to the column refuses it (and the transaction is
+	// parked). A type named without modifier means length 1 for character
+	// and bit, so those take bpchar and varbit.
+	rows, err := conn.Query(ctx, `SELECT a.attname, CASE a.atttypid
+			WHEN 'pg_catalog.bpchar'::pg_catalog.regtype THEN 'bpchar'
+			WHEN 'pg_catalog._bpchar'::pg_catalog.regtype THEN 'bpchar[]'
+			WHEN 'pg_catalog.bit'::pg_catalog.regtype THEN 'varbit'
+			WHEN 'pg_catalog._bit'::pg_catalog.regtype THEN 'varbit[]'
+			ELSE pg_catalog.format_type(a.atttypid, NULL) END
 		FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
