@@ -443,9 +443,9 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 		if kind == opResolve {
 			// A changed key comes with the old one: check it too.
 			pre = a.uniqueUpdateStmt(p, mask, c.Old != nil)
-			st = a.updateStmt(p, mask, true, pre.name != "")
+			st = a.updateStmt(p, mask, true, pre.name != "", c.Old != nil && pre.name != "")
 		} else {
-			st = a.updateStmt(p, mask, false, false)
+			st = a.updateStmt(p, mask, false, false, false)
 		}
 		params = append(params, values(p.keyValues(c.Old, c.New))...)
 		if p.hasDelta() {
@@ -480,8 +480,9 @@ func (a *applier) sendChange(ctx context.Context, i int, c *decoder.Change, rows
 }
 
 // updateStmt returns the UPDATE statement of p for the columns in mask;
-// afterUnique: a resolving one that follows a unique statement.
-func (a *applier) updateStmt(p *plan, mask string, resolving, afterUnique bool) stmt {
+// afterUnique: a resolving one that follows a unique statement; keyChange:
+// one that changes the key (it always follows a unique statement).
+func (a *applier) updateStmt(p *plan, mask string, resolving, afterUnique, keyChange bool) stmt {
 	if !resolving {
 		st, ok := p.update[mask]
 		if !ok {
@@ -494,9 +495,12 @@ func (a *applier) updateStmt(p *plan, mask string, resolving, afterUnique bool) 
 	if afterUnique {
 		key += "u"
 	}
+	if keyChange {
+		key += "k"
+	}
 	st, ok := p.resUpdate[key]
 	if !ok {
-		st = stmt{a.stmtName(), p.resolvingUpdateSQL(mask, afterUnique)}
+		st = stmt{a.stmtName(), p.resolvingUpdateSQL(mask, afterUnique, keyChange)}
 		p.resUpdate[key] = st
 	}
 	return st

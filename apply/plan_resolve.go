@@ -110,22 +110,16 @@ SELECT (SELECT conflict_type FROM h)`,
 
 // resolvingUpdateSQL is the UPDATE of the columns present in mask; with
 // afterUnique set, it follows a unique statement (plan_unique.go), which
-// may have decided that the change is not applied.
-func (p *plan) resolvingUpdateSQL(mask string, afterUnique bool) string {
+// may have decided that the change is not applied. An UPDATE that changes
+// the key has its own (keyChangeSQL).
+func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) string {
 	if p.hasDelta() {
 		return p.resolvingDeltaUpdateSQL(mask)
 	}
-	next := len(p.keys) + 3
-	first := next
-	var sets []string
-	var present []int
-	for i, c := range p.cols {
-		if mask[i] == '1' {
-			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
-			present = append(present, i)
-			next++
-		}
+	if keyChange {
+		return p.keyChangeSQL(mask)
 	}
+	sets, present := p.updateSets(mask)
 	apply := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 	dec := conflict.UpdateSQL(recordInputs())
 	notSkip := ""
@@ -137,9 +131,82 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique bool) string {
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
 		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), notSkip, mine("t.xmin"), apply,
-		p.record(dec, dec.Resolution, p.tupleJSON(present, first),
+		p.record(dec, dec.Resolution, p.tupleJSON(present, len(p.keys)+3),
 			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)%s) g LEFT JOIN LATERAL %s l ON true",
 				notSkip, p.lookup(p.keyParams(false, 3)))))
+}
+
+// updateSets are the SET items of the UPDATE of the columns in mask, whose
+// values are the parameters after the key's, and the present columns.
+func (p *plan) updateSets(mask string) (sets []string, present []int) {
+	next := len(p.keys) + 3
+	for i, c := range p.cols {
+		if mask[i] == '1' {
+			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
+			present = append(present, i)
+			next++
+		}
+	}
+	return sets, present
+}
+
+// keyChangeSQL is the resolving UPDATE that changes the key. A key change
+// is a delete and an insert, and resolves as they do on every node:
+//
+//   - over a concurrent update of the row, it wins whatever the times, as
+//     a delete would (recorded update_update, key_change_wins): the node
+//     that made the key change skips the update, whose key is gone;
+//   - with no row under the old key (deleted or changed concurrently), its
+//     row is inserted under the new key, as it exists on the nodes where
+//     the change applied (update_missing, key_change_inserted); when the
+//     change does not carry every column (unchanged TOAST values) it is
+//     skipped as before.
+//
+// Collisions on the new key are settled by the unique statement before.
+func (p *plan) keyChangeSQL(mask string) string {
+	sets, present := p.updateSets(mask)
+	oldKey := p.keyParams(false, 3)
+	insert, inserted := "", "false"
+	if !strings.Contains(mask, "0") {
+		vals := make([]string, len(p.cols))
+		for i := range p.cols {
+			vals[i] = placeholder(len(p.keys)+3+i, p.types[i])
+		}
+		insert = fmt.Sprintf(`, i AS (
+	INSERT INTO %s (%s) SELECT %s
+	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s AND NOT EXISTS (SELECT 1 FROM ONLY %s x WHERE %s)
+	ON CONFLICT DO NOTHING RETURNING 1
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, p.table, p.keyConds("x", oldKey))
+		inserted = "EXISTS (SELECT 1 FROM i)"
+	}
+	tuple := p.tupleJSON(present, len(p.keys)+3)
+	missing := conflict.UpdateSQL(recordInputs())
+	missing.Resolution = fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE %s END", inserted, conflict.KeyChangeInserted, missing.Resolution)
+	missing.Reason = fmt.Sprintf("CASE WHEN %s THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied' ELSE %s END",
+		inserted, missing.Reason)
+	won := conflict.DecisionSQL{
+		Type:       fmt.Sprintf("'%s'", conflict.UpdateUpdate),
+		Resolution: fmt.Sprintf("'%s'", conflict.KeyChangeWins),
+		Reason: fmt.Sprintf("'a key change wins over a concurrent update, as a delete does (local ' || %s || ', remote ' || %s || ')'",
+			versionText("(l.c).timestamp", nodeOf("(l.c).roident")), versionText(remoteTS, setting(setRemoteID, "int"))),
+	}
+	wonRecord := strings.Replace(p.record(won, won.Resolution, tuple,
+		fmt.Sprintf("FROM (SELECT true AS found, u.row, u.mine, u.c FROM u) l WHERE NOT %s", conflict.CleanSQL(recordInputs()))),
+		"h AS (", "h2 AS (", 1)
+	return fmt.Sprintf(`WITH u AS (
+	UPDATE ONLY %s t SET %s
+	FROM (SELECT x.ctid AS tid, x AS row, %s AS mine, c FROM ONLY %s x
+		LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true WHERE %s) o
+	WHERE t.ctid = o.tid AND %s
+	RETURNING o.row, o.mine, o.c
+)%s, %s, %s
+SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
+		p.table, strings.Join(sets, ", "), mine("x.xmin"), p.table, p.keyConds("x", oldKey), notSkipped,
+		insert,
+		p.record(missing, missing.Resolution, tuple,
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u) AND %s) g LEFT JOIN LATERAL %s l ON true",
+				notSkipped, p.lookup(oldKey))),
+		wonRecord)
 }
 
 func (p *plan) resolvingDeleteSQL() string {

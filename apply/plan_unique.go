@@ -220,10 +220,7 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 )`, p.table, target, lost)
 		loserFate = "the remote update is not applied and its row is deleted"
 	}
-	version := func(ts, node string) string {
-		return fmt.Sprintf(`coalesce(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.USZ') || ' by node ' || %s, 'unknown commit time')`, ts, node)
-	}
-	remote, local := version(remoteTS, setting(setRemoteID, "int")), version("v.lts", "v.lnode")
+	remote, local := versionText(remoteTS, setting(setRemoteID, "int")), versionText("v.lts", "v.lnode")
 	return fmt.Sprintf(`WITH c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
 		array_remove(ARRAY[%s], NULL) AS indexes
@@ -257,4 +254,10 @@ SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true
 		typ, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
 		conflict.KeepRemote, conflict.KeepLocal, remote, local, local, remote, loserFate,
 		setSkip, lost)
+}
+
+// versionText is a row version as the reasons of conflict_history give it:
+// its commit time and node.
+func versionText(ts, node string) string {
+	return fmt.Sprintf(`coalesce(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.USZ') || ' by node ' || %s, 'unknown commit time')`, ts, node)
 }

@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -135,5 +136,57 @@ func TestExclusionParked(t *testing.T) {
 			t.Errorf("%s: the exclusion violation is not recorded: %s", n.Name,
 				n.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
 		}
+	}
+}
+
+// TestKeyChange: a primary-key change is a delete and an insert, and
+// resolves as they do, on 2 and on 3 nodes: it wins over a later update of
+// the row (which the node that changed the key skips), it is inserted under
+// its new key when the row was deleted, and two concurrent key changes of
+// one row leave both rows.
+func TestKeyChange(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{2, 3} {
+		t.Run(fmt.Sprint(size, "nodes"), func(t *testing.T) {
+			t.Parallel()
+			nodes := grouptest.Group(t, shared(t)[:size], fmt.Sprint("kch", size), grouptest.Options{}, func(first *grouptest.Node) {
+				first.Exec(`CREATE TABLE kv (k int PRIMARY KEY, v text)`)
+				first.Exec(`INSERT INTO kv SELECT g, 'start' FROM generate_series(1, 4) g`)
+			})
+			a, b := nodes[0], nodes[1]
+			for _, n := range nodes {
+				n.Stop()
+			}
+			step := func(n *grouptest.Node, sql string) {
+				t.Helper()
+				n.Exec(sql)
+				time.Sleep(5 * time.Millisecond)
+			}
+			step(a, `UPDATE kv SET k = 10 WHERE k = 1`)
+			step(b, `UPDATE kv SET v = 'b' WHERE k = 1`) // later, but the key change wins
+			step(a, `UPDATE kv SET k = 20 WHERE k = 2`)
+			step(b, `DELETE FROM kv WHERE k = 2`) // the row lives on under 20
+			step(a, `UPDATE kv SET k = 30 WHERE k = 3`)
+			step(b, `UPDATE kv SET k = 31 WHERE k = 3`) // both keys stay
+			for _, n := range nodes {
+				n.Start()
+			}
+			grouptest.WaitQuiet(t, nodes, time.Minute)
+			grouptest.AssertConverged(t, nodes)
+			for _, n := range nodes {
+				if got := n.QueryText(`SELECT string_agg(k || '=' || v, ' ' ORDER BY k) FROM kv`); got != "4=start 10=start 20=start 30=start 31=start" {
+					t.Errorf("%s: %s", n.Name, got)
+				}
+			}
+			if got := a.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_inserted'`) +
+				b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_inserted'`); got < 2 {
+				t.Errorf("%d key changes inserted under the new key recorded, want 2 or more", got)
+			}
+			if b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_wins'
+				AND reason LIKE 'a key change wins over a concurrent update%by node%by node%'`) != 1 {
+				t.Errorf("%s: the key change winning over the update is not recorded: %s", b.Name,
+					b.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
+			}
+		})
 	}
 }

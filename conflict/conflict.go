@@ -66,6 +66,14 @@ const (
 	ApplyAnyway Resolution = "apply_anyway"
 	// Parked: the whole transaction is parked in bdr.apply_errors.
 	Parked Resolution = "parked"
+	// KeyChangeWins: a remote UPDATE that changes the key is applied over
+	// a concurrent update of the row, as a delete would be (a key change
+	// is a delete and an insert).
+	KeyChangeWins Resolution = "key_change_wins"
+	// KeyChangeInserted: a remote key change found no row under the old
+	// key (deleted, or changed, concurrently); its row is inserted under
+	// the new key, as on the nodes where it applied.
+	KeyChangeInserted Resolution = "key_change_inserted"
 )
 
 // Op is the kind of remote change.
