@@ -49,16 +49,16 @@ import (
 const (
 	nodeA = 0
 	nodeB = 1
-	// none: a conflict without a local row (update_missing, delete_missing).
-	none = -1
+	// noLocal: a conflict without a local row (update_missing, delete_missing).
+	noLocal = -1
 )
 
 // Resolutions, short.
 const (
-	keepLocal  = string(conflict.KeepLocal)
-	keepRemote = string(conflict.KeepRemote)
-	deleteWins = string(conflict.DeleteWins)
-	skip       = string(conflict.Skip)
+	resKeepLocal  = string(conflict.KeepLocal)
+	resKeepRemote = string(conflict.KeepRemote)
+	resDeleteWins = string(conflict.DeleteWins)
+	resSkip       = string(conflict.Skip)
 )
 
 type matrixCase struct {
@@ -100,7 +100,7 @@ type mconflict struct {
 	on       int // the node that records it: nodeA or nodeB
 	typ, res string
 	remote   int // index in writes of the remote change
-	local    int // index in writes of the local row's version, or none
+	local    int // index in writes of the local row's version, or noLocal
 }
 
 type mparked struct {
@@ -123,8 +123,8 @@ var matrixCases = []matrixCase{
 		writes: []mwrite{{nodeA, `INSERT INTO kv VALUES (1, 'a')`}, {nodeB, `INSERT INTO kv VALUES (1, 'b')`}},
 		want:   "1=b",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "insert_insert", res: keepRemote, remote: 1, local: 0},
-			{on: nodeB, typ: "insert_insert", res: keepLocal, remote: 0, local: 1},
+			{on: nodeA, typ: "insert_insert", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeB, typ: "insert_insert", res: resKeepLocal, remote: 0, local: 1},
 		},
 	},
 	{
@@ -132,7 +132,7 @@ var matrixCases = []matrixCase{
 		rows:      kvStart,
 		writes:    []mwrite{{nodeA, `UPDATE kv SET v = 'a' WHERE k = 1`}, {nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}},
 		want:      "1=b 2=other",
-		conflicts: []mconflict{{on: nodeB, typ: "update_update", res: keepLocal, remote: 0, local: 1}},
+		conflicts: []mconflict{{on: nodeB, typ: "update_update", res: resKeepLocal, remote: 0, local: 1}},
 	},
 	{
 		// The later update is on the first node: the winner is the time,
@@ -141,7 +141,7 @@ var matrixCases = []matrixCase{
 		rows:      kvStart,
 		writes:    []mwrite{{nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}, {nodeA, `UPDATE kv SET v = 'a' WHERE k = 1`}},
 		want:      "1=a 2=other",
-		conflicts: []mconflict{{on: nodeA, typ: "update_update", res: keepLocal, remote: 0, local: 1}},
+		conflicts: []mconflict{{on: nodeA, typ: "update_update", res: resKeepLocal, remote: 0, local: 1}},
 	},
 	{
 		// The delete is older than the update and still wins.
@@ -150,8 +150,8 @@ var matrixCases = []matrixCase{
 		writes: []mwrite{{nodeA, `DELETE FROM kv WHERE k = 1`}, {nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}},
 		want:   "2=other",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "update_missing", res: skip, remote: 1, local: none},
-			{on: nodeB, typ: "update_delete", res: deleteWins, remote: 0, local: 1},
+			{on: nodeA, typ: "update_missing", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "update_delete", res: resDeleteWins, remote: 0, local: 1},
 		},
 	},
 	{
@@ -161,7 +161,7 @@ var matrixCases = []matrixCase{
 		rows:      kvStart,
 		writes:    []mwrite{{nodeA, `UPDATE kv SET v = 'a' WHERE k = 1`}, {nodeB, `DELETE FROM kv WHERE k = 1`}},
 		want:      "2=other",
-		conflicts: []mconflict{{on: nodeB, typ: "update_missing", res: skip, remote: 0, local: none}},
+		conflicts: []mconflict{{on: nodeB, typ: "update_missing", res: resSkip, remote: 0, local: noLocal}},
 	},
 	{
 		// delete_delete is recorded as delete_missing (no tombstones).
@@ -170,8 +170,8 @@ var matrixCases = []matrixCase{
 		writes: []mwrite{{nodeA, `DELETE FROM kv WHERE k = 1`}, {nodeB, `DELETE FROM kv WHERE k = 1`}},
 		want:   "2=other",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "delete_missing", res: skip, remote: 1, local: none},
-			{on: nodeB, typ: "delete_missing", res: skip, remote: 0, local: none},
+			{on: nodeA, typ: "delete_missing", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "delete_missing", res: resSkip, remote: 0, local: noLocal},
 		},
 	},
 	{
@@ -185,11 +185,11 @@ var matrixCases = []matrixCase{
 		},
 		want: "1=b 2=other 4=b",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "insert_insert", res: keepRemote, remote: 1, local: 0},
-			{on: nodeA, typ: "delete_missing", res: skip, remote: 1, local: none},
-			{on: nodeB, typ: "insert_insert", res: keepLocal, remote: 0, local: 1},
-			{on: nodeB, typ: "update_update", res: keepLocal, remote: 0, local: 1},
-			{on: nodeB, typ: "delete_missing", res: skip, remote: 0, local: none},
+			{on: nodeA, typ: "insert_insert", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeA, typ: "delete_missing", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "insert_insert", res: resKeepLocal, remote: 0, local: 1},
+			{on: nodeB, typ: "update_update", res: resKeepLocal, remote: 0, local: 1},
+			{on: nodeB, typ: "delete_missing", res: resSkip, remote: 0, local: noLocal},
 		},
 	},
 
@@ -309,7 +309,17 @@ func newMatrixEnv(t *testing.T, nodes []*grouptest.Node, c matrixCase) *matrixEn
 }
 
 func (e *matrixEnv) dsn(n *grouptest.Node) string {
-	return n.DSN + fmt.Sprintf(" options='-c search_path=%s -c bdr_test.role=%s'", e.schema, e.role)
+	return searchPathDSN(n.DSN, e.schema, "bdr_test.role="+e.role)
+}
+
+// searchPathDSN is dsn with schema as the search_path and settings
+// ("name=value", values without spaces or quotes) set in every session.
+func searchPathDSN(dsn, schema string, settings ...string) string {
+	opts := "-c search_path=" + schema
+	for _, s := range settings {
+		opts += " -c " + s
+	}
+	return dsn + " options='" + opts + "'"
 }
 
 // written is what a write committed: its xid and commit time.
@@ -534,9 +544,9 @@ func (e *matrixEnv) matches(w mconflict, r recorded, ws []written) error {
 		return fmt.Errorf("%s, want %s %s", r, w.typ, w.res)
 	case r.remoteNode != rnode.Name || r.xid != remote.xid || !r.remoteTime.Equal(remote.commit):
 		return fmt.Errorf("%s at %s, want the change of %s xid %d at %s", r, r.remoteTime, rnode.Name, remote.xid, remote.commit)
-	case w.local == none && r.localTuple:
+	case w.local == noLocal && r.localTuple:
 		return fmt.Errorf("%s has a local row, want none", r)
-	case w.local == none:
+	case w.local == noLocal:
 		return nil
 	}
 	local := ws[w.local]
