@@ -87,7 +87,8 @@ type matrixCase struct {
 	fix string
 	// restartAfterFix restarts the bdrd of every node that parked after
 	// fix: its applier keeps the plan it built with the old column types
-	// until then (TestParkedRetryAfterTypeFix shows it).
+	// until then, so the retry fails again (a bug, reproduced by
+	// TestKnownBugParkedRetryAfterTypeFix).
 	restartAfterFix bool
 }
 

@@ -39,11 +39,13 @@ import (
 // every stream caught up. The round passes when the tables have the same
 // checksums on every node, or when every row that differs between nodes
 // has a key that a transaction still parked in bdr.apply_errors on some
-// node mentions (the difference is what bdr.apply_errors shows; a parked
-// transaction that a retry applied since explains nothing: see
-// TestKnownBugParkedRetryResurrects). Each round logs what its clients did,
-// the conflicts by type, the parked transactions of each node and how the
-// nodes ended; a failure shows the differing rows with their conflicts.
+// node mentions (the difference is what bdr.apply_errors shows). A parked
+// transaction that a retry applied since explains nothing: bdr.apply_errors
+// says it was applied, yet the retry came after the later changes of its
+// rows were skipped for want of the row (TestKnownBugParkedRetryResurrects).
+// Each round logs what its clients did, the conflicts by type, the parked
+// transactions of each node and how the nodes ended; a failure shows the
+// differing rows with their conflicts.
 //
 // Rounds use seeds 1..BDR_RANDOM_ROUNDS (5 by default; make test-long runs
 // 50); BDR_RANDOM_SEED=17 runs round 17 alone. The seed picks every
