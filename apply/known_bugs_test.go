@@ -197,3 +197,45 @@ func TestKnownBugValueTooLong(t *testing.T) {
 	}
 	runMatrix(t, "buglong", []matrixCase{c}, 2)
 }
+
+// TestKnownBugConflictRecordMissesConcurrentRow: a remote INSERT applied
+// with the resolving statement meets a row a local transaction has inserted
+// but not committed yet; it waits for it, and once it commits, keeps the
+// newer local row (right). The conflict record, though, reads the local row
+// with the statement's snapshot, taken before the commit: it has no local
+// row, an unknown local version, and a reason saying the remote change is
+// newer, under the resolution last_update_wins_keep_local. On three nodes
+// the two incoming streams of a node race the same way.
+func TestKnownBugConflictRecordMissesConcurrentRow(t *testing.T) {
+	t.Parallel()
+	e := divergenceGroup(t, 2, matrixCase{name: "bugrecord"})
+	a, b := e.nodes[nodeA], e.nodes[nodeB]
+	// A conflict first: B's applier then resolves the next transactions.
+	e.provoke(t,
+		mwrite{nodeA, `INSERT INTO kv VALUES (9, 'a')`},
+		mwrite{nodeB, `INSERT INTO kv VALUES (9, 'b')`})
+
+	ctx := context.Background()
+	local := pgtest.Conn(t, e.dsn(b))
+	if _, err := local.Exec(ctx, `BEGIN; INSERT INTO kv VALUES (4, 'b')`); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, a, `INSERT INTO kv VALUES (4, 'a')`)
+	pgtest.WaitFor(t, time.Minute, "B's applier to wait for the local transaction", func() (bool, error) {
+		return b.QueryInt(`SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = $1
+			AND wait_event_type = 'Lock'`, "bdr apply "+a.Name) == 1, nil
+	})
+	if _, err := local.Exec(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	grouptest.WaitQuiet(t, e.nodes, time.Minute)
+	e.assertSame(t, "")
+	var res, reason string
+	var localRow *string
+	pgtest.Scan(t, b.DSN, `SELECT resolution, reason, local_tuple::text FROM bdr.conflict_history
+		WHERE schema_name = $1 AND remote_tuple->>'k' = '4'`, []any{e.schema}, &res, &reason, &localRow)
+	if res != resKeepLocal || localRow == nil || !strings.Contains(reason, "local ") || strings.Contains(reason, "unknown") {
+		t.Errorf("%s recorded %s (%s) with local row %v; want %s naming B's row and its version",
+			b.Name, res, reason, localRow, resKeepLocal)
+	}
+}
