@@ -20,17 +20,15 @@ import (
 
 // The conflict matrix (issue 5): one case per conflict type and per apply
 // error, each run on a group of two nodes and on a group of three. A case
-// writes on the first two nodes (A and B) while every node's appliers are
-// paused, then resumes them, and checks:
+// writes on the first two nodes (A and B) while their appliers are paused,
+// then resumes them. A third node is not paused: it applies each write
+// before the next one is made, so it meets the writes in commit order, as
+// the node of the first write does. The case then checks:
 //
 //   - the rows on every node (the expected winner);
-//   - the conflicts in bdr.conflict_history: on A and B exactly the ones
-//     listed, with type, resolution, the remote change's node, xid and
-//     commit time, the local row's commit time and node, and a reason that
-//     names both versions; on a third node, which meets both changes in
-//     either order, each conflict it recorded must be one of those listed
-//     (for whichever node: it saw one of the two orders A and B saw), by
-//     type, resolution and remote change;
+//   - the conflicts in bdr.conflict_history, exactly: type, resolution,
+//     the remote change's node, xid and commit time, the local row's commit
+//     time and node, and a reason that names both versions;
 //   - the transactions parked in bdr.apply_errors;
 //   - no stall: every node writes once more and every node gets all of it;
 //   - after fix (run on every node that parked) and a retry of the parked
@@ -81,6 +79,9 @@ type matrixCase struct {
 	want  string
 	// conflicts are the conflicts A and B record, no more.
 	conflicts []mconflict
+	// third is what a third node records, when it is not what the node
+	// of the first write records (on is ignored).
+	third []mconflict
 	// parked are the transactions every other node than the write's parks.
 	parked []mparked
 	// fix runs on every node that parked, before the parked transactions
@@ -329,9 +330,11 @@ type written struct {
 	node   int
 	xid    int64
 	commit time.Time
+	lsn    string // WAL position after the commit
 }
 
-// exec runs sql on n in one transaction and returns its xid and commit time.
+// exec runs sql on n in one transaction and returns its xid, commit time
+// and the WAL position after it.
 func (e *matrixEnv) exec(t *testing.T, n *grouptest.Node, sql string) written {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -349,7 +352,8 @@ func (e *matrixEnv) exec(t *testing.T, n *grouptest.Node, sql string) written {
 		return tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_xact_id()::xid::text::bigint`).Scan(&w.xid)
 	})
 	if err == nil {
-		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_xact_commit_timestamp($1::text::xid)`, fmt.Sprint(w.xid)).Scan(&w.commit)
+		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_xact_commit_timestamp($1::text::xid), pg_catalog.pg_current_wal_lsn()::text`,
+			fmt.Sprint(w.xid)).Scan(&w.commit, &w.lsn)
 	}
 	if err != nil {
 		t.Fatalf("on %s: %s: %v", n.Name, sql, err)
@@ -396,11 +400,16 @@ func pauseAll(t *testing.T, nodes []*grouptest.Node) (resume func()) {
 
 func (e *matrixEnv) run(t *testing.T, c matrixCase) {
 	nodes := e.nodes
-	resume := pauseAll(t, nodes)
+	resume := pauseAll(t, nodes[:nodeB+1])
 	ws := make([]written, len(c.writes))
 	for i, w := range c.writes {
 		ws[i] = e.exec(t, nodes[w.on], w.sql)
 		ws[i].node = w.on
+		for _, n := range nodes[nodeB+1:] {
+			if err := n.Client().WaitProcessed(context.Background(), nodes[w.on].Name, ws[i].lsn); err != nil {
+				t.Fatalf("%s to apply write %d: %v", n.Name, i, err)
+			}
+		}
 		if i > 0 && !ws[i].commit.After(ws[i-1].commit) {
 			t.Fatalf("write %d committed at %s, not after write %d at %s", i, ws[i].commit, i-1, ws[i-1].commit)
 		}
@@ -501,27 +510,18 @@ func (e *matrixEnv) checkConflicts(t *testing.T, c matrixCase, ws []written, i i
 	if err != nil {
 		t.Fatalf("conflicts of %s: %v", n.Name, err)
 	}
-	if i > nodeB {
-		// A third node met the two changes in either order: each conflict it
-		// recorded is one A or B records. Its local version is not checked:
-		// its streams from A and B apply at the same time, and when the
-		// local row committed while the statement waited for it, the record
-		// shows no local row (TestKnownBugConflictRecordMissesConcurrentRow).
-		for _, r := range got {
-			ok := false
-			for _, want := range c.conflicts {
-				ok = ok || e.matches(want, r, ws, false) == nil
-			}
-			if !ok {
-				t.Errorf("%s recorded %s, none of the conflicts of A and B", n.Name, r)
-			}
-		}
-		return
-	}
 	var want []mconflict
-	for _, w := range c.conflicts {
-		if w.on == i {
-			want = append(want, w)
+	switch {
+	case i > nodeB && c.third != nil:
+		want = c.third
+	case i > nodeB && len(ws) > 0:
+		i = ws[0].node
+		fallthrough
+	default:
+		for _, w := range c.conflicts {
+			if w.on == i {
+				want = append(want, w)
+			}
 		}
 	}
 	if len(got) != len(want) {
@@ -531,15 +531,14 @@ func (e *matrixEnv) checkConflicts(t *testing.T, c matrixCase, ws []written, i i
 	// The records of one remote transaction come in the order of its
 	// changes, and so do the cases'.
 	for j, w := range want {
-		if err := e.matches(w, got[j], ws, true); err != nil {
+		if err := e.matches(w, got[j], ws); err != nil {
 			t.Errorf("%s: conflict %d: %v", n.Name, j, err)
 		}
 	}
 }
 
-// matches says why r is not the conflict w, or nil; the local version and
-// the reason are checked when local is set.
-func (e *matrixEnv) matches(w mconflict, r recorded, ws []written, local bool) error {
+// matches says why r is not the conflict w, or nil.
+func (e *matrixEnv) matches(w mconflict, r recorded, ws []written) error {
 	remote := ws[w.remote]
 	rnode := e.nodes[remote.node]
 	version := func(ts time.Time, node int) string {
@@ -550,8 +549,6 @@ func (e *matrixEnv) matches(w mconflict, r recorded, ws []written, local bool) e
 		return fmt.Errorf("%s, want %s %s", r, w.typ, w.res)
 	case r.remoteNode != rnode.Name || r.xid != remote.xid || !r.remoteTime.Equal(remote.commit):
 		return fmt.Errorf("%s at %s, want the change of %s xid %d at %s", r, r.remoteTime, rnode.Name, remote.xid, remote.commit)
-	case !local:
-		return nil
 	case w.local == noLocal && r.localTuple:
 		return fmt.Errorf("%s has a local row, want none", r)
 	case w.local == noLocal:
