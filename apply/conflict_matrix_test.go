@@ -61,6 +61,8 @@ const (
 )
 
 type matrixCase struct {
+	// name names the subtest and the case's schema, m_<name>: lowercase
+	// letters, digits and _.
 	name string
 	// schema creates the case's tables on every node (DDL does not
 	// replicate); empty is kvTable.
@@ -71,7 +73,7 @@ type matrixCase struct {
 	// rows run on A, and replicate to every node, before the writes.
 	rows string
 	// writes run in this order, each committed after the previous one, while
-	// every node's appliers are paused.
+	// A's and B's appliers are paused.
 	writes []mwrite
 	// check is a query returning one text value that must be want on every
 	// node at the end; empty is kvCheck.
@@ -325,7 +327,7 @@ func searchPathDSN(dsn, schema string, settings ...string) string {
 	return dsn + " options='" + opts + "'"
 }
 
-// written is what a write committed: its xid and commit time.
+// written is what a write committed.
 type written struct {
 	node   int
 	xid    int64
