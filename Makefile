@@ -2,6 +2,7 @@
 #
 #   make demo        three nodes on this machine, replicating (make demo-stop ends it)
 #   make test        lint and the whole test suite against real PostgreSQL servers
+#   make test-long   the randomized convergence test for 50 rounds (make test runs 5)
 #   make bench-apply apply benchmark: bdrd against PostgreSQL's own logical replication
 #   make bench-join  join under load against pg_dump | pg_restore (pgbench scale 50)
 #   make bench-wan   pgbench across emulated WAN links: multi-master against streaming replication
@@ -14,7 +15,7 @@ BIN         := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_FLAGS  ?= -race -timeout 15m
 
-.PHONY: all build deps test lint unit demo demo-stop bench-apply bench-join bench-wan clean
+.PHONY: all build deps test test-long lint unit demo demo-stop bench-apply bench-join bench-wan clean
 
 all: build
 
@@ -56,6 +57,15 @@ test: build lint
 	$(GO) test -run='^$$' -fuzz=FuzzHandler -fuzztime=100000x ./internal/adminapi/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeMeta -fuzztime=100000x ./membership/
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeClock -fuzztime=100000x ./membership/
+
+# test-long runs the randomized convergence test (apply's
+# TestRandomConvergence) for TEST_LONG_ROUNDS rounds, seeds 1 to 50 by
+# default; make test runs seeds 1 to 5. A failing round prints its seed:
+# BDR_RANDOM_SEED=17 make test-long runs round 17 alone.
+TEST_LONG_ROUNDS ?= 50
+
+test-long: deps
+	BDR_RANDOM_ROUNDS=$(TEST_LONG_ROUNDS) $(GO) test -race -timeout 90m -count=1 -v -run '^TestRandomConvergence$$' ./apply/
 
 unit:
 	$(GO) test -short ./conflict/ ./decoder/ ./internal/pgerr/ ./internal/state/ ./internal/proc/
