@@ -89,11 +89,6 @@ type matrixCase struct {
 	// fix runs on every node that parked, before the parked transactions
 	// are retried.
 	fix string
-	// restartAfterFix restarts the bdrd of every node that parked after
-	// fix: its applier keeps the plan it built with the old column types
-	// until then, so the retry fails again (a bug, reproduced by
-	// TestKnownBugParkedRetryAfterTypeFix).
-	restartAfterFix bool
 }
 
 type mwrite struct {
@@ -118,6 +113,9 @@ const (
 	kvTable = `CREATE TABLE kv (k int PRIMARY KEY, v text)`
 	kvCheck = `SELECT coalesce(string_agg(k || '=' || coalesce(v::text, 'NULL'), ' ' ORDER BY k), '') FROM kv`
 	kvStart = `INSERT INTO kv VALUES (1, 'start'), (2, 'other')`
+	// users has unique indexes besides its key.
+	usersTable = `CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, name text UNIQUE)`
+	usersCheck = `SELECT coalesce(string_agg(id || '=' || email || '/' || name, ' ' ORDER BY id), '') FROM users`
 	// createRole creates the role named by bdr_test.role (see matrixEnv).
 	createRole = `DO $$ BEGIN EXECUTE format('CREATE ROLE %I NOLOGIN', current_setting('bdr_test.role')); END $$`
 )
@@ -219,6 +217,53 @@ var matrixCases = []matrixCase{
 		fix:    `ALTER TABLE kv ADD COLUMN extra text`,
 	},
 	{
+		// Two rows with one email: the later stays everywhere.
+		name:   "unique_secondary",
+		schema: usersTable,
+		writes: []mwrite{{nodeA, `INSERT INTO users VALUES (1, 'x', 'a')`}, {nodeB, `INSERT INTO users VALUES (2, 'x', 'b')`}},
+		check:  usersCheck,
+		want:   "2=x/b",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "unique_secondary", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeB, typ: "unique_secondary", res: resKeepLocal, remote: 0, local: 1},
+		},
+	},
+	{
+		// One row colliding with another on two indexes at once.
+		name:   "multiple_unique",
+		schema: usersTable,
+		writes: []mwrite{{nodeA, `INSERT INTO users VALUES (1, 'x', 'n')`}, {nodeB, `INSERT INTO users VALUES (2, 'x', 'n')`}},
+		check:  usersCheck,
+		want:   "2=x/n",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "multiple_unique", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeB, typ: "multiple_unique", res: resKeepLocal, remote: 0, local: 1},
+		},
+	},
+	{
+		// A key change into a key B inserts later: B's row stays, and the
+		// changed row goes (on A it became B's row; B deletes it).
+		name:   "pk_change",
+		rows:   kvStart,
+		writes: []mwrite{{nodeA, `UPDATE kv SET k = 3 WHERE k = 1`}, {nodeB, `INSERT INTO kv VALUES (3, 'b')`}},
+		want:   "2=other 3=b",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "insert_insert", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeB, typ: "pk_change", res: resKeepLocal, remote: 0, local: 1},
+		},
+	},
+	{
+		// A key change wins over a later update of the row, as a delete.
+		name:   "key_change_wins",
+		rows:   kvStart,
+		writes: []mwrite{{nodeA, `UPDATE kv SET k = 3 WHERE k = 1`}, {nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}},
+		want:   "2=other 3=start",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "update_missing", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "update_update", res: "key_change_wins", remote: 0, local: 1},
+		},
+	},
+	{
 		// v is an integer on the other nodes.
 		name:   "type_error",
 		schema: `CREATE TABLE kv (k int PRIMARY KEY, v int)`,
@@ -227,8 +272,16 @@ var matrixCases = []matrixCase{
 		want:   "1=not a number",
 		parked: []mparked{{write: 0, sqlstate: "22P02", err: "integer"}},
 		fix:    `ALTER TABLE kv ALTER COLUMN v TYPE text`,
-		// Remove once plans follow local column type changes.
-		restartAfterFix: true,
+	},
+	{
+		// A value longer than the other nodes' varchar(3): parked, not cut.
+		name:   "value_too_long",
+		schema: `CREATE TABLE kv (k int PRIMARY KEY, v varchar(3))`,
+		onlyA:  `ALTER TABLE kv ALTER COLUMN v TYPE text`,
+		writes: []mwrite{{nodeA, `INSERT INTO kv VALUES (1, 'long value')`}},
+		want:   "1=long value",
+		parked: []mparked{{write: 0, sqlstate: "22001", err: "too long"}},
+		fix:    `ALTER TABLE kv ALTER COLUMN v TYPE text`,
 	},
 	{
 		// A role that exists on A's server only, named in a row (no DDL
@@ -455,10 +508,6 @@ func (e *matrixEnv) run(t *testing.T, c matrixCase) {
 	if c.fix != "" {
 		for n, ids := range parked {
 			e.exec(t, n, c.fix)
-			if c.restartAfterFix {
-				n.Stop()
-				n.Start()
-			}
 			for _, id := range ids {
 				retryParked(t, n, id)
 			}
@@ -500,7 +549,7 @@ func (e *matrixEnv) checkConflicts(t *testing.T, c matrixCase, ws []written, i i
 	defer cancel()
 	rows, err := pgtest.Conn(t, n.DSN).Query(ctx, `SELECT conflict_type, resolution, reason, remote_node_name, remote_xid,
 			remote_commit_time, local_commit_time, local_origin_node_id, local_tuple IS NOT NULL
-		FROM bdr.conflict_history WHERE schema_name = $1 ORDER BY conflict_id`, e.schema)
+		FROM bdr.conflict_history WHERE schema_name = $1 AND resolution <> 'parked' ORDER BY conflict_id`, e.schema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,6 +652,12 @@ func (e *matrixEnv) checkParked(t *testing.T, c matrixCase, ws []written) map[*g
 				!strings.Contains(f[4], p.err) {
 				t.Errorf("%s parked %q, want the transaction of %s xid %d with SQLSTATE %q and an error naming %q",
 					n.Name, got[j], e.nodes[w.node].Name, w.xid, p.sqlstate, p.err)
+			}
+			// Recorded in conflict_history too, with the apply error's id.
+			if n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE schema_name = $1
+				AND resolution = 'parked' AND remote_xid = $2 AND reason LIKE '%parked as apply error ' || $3::bigint || ' %'`,
+				e.schema, w.xid, ids[j]) != 1 {
+				t.Errorf("%s: parked transaction %d is not recorded in conflict_history", n.Name, ids[j])
 			}
 		}
 		if len(ids) > 0 {

@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -15,7 +16,16 @@ import (
 // arrive in the "wrong" order within their transaction, record nothing.
 func TestForeignKeyOrphan(t *testing.T) {
 	t.Parallel()
-	nodes := grouptest.Group(t, shared(t)[:2], "fk", grouptest.Options{}, func(first *grouptest.Node) {
+	for _, size := range []int{2, 3} {
+		t.Run(fmt.Sprint(size, "nodes"), func(t *testing.T) {
+			t.Parallel()
+			testForeignKeyOrphan(t, size)
+		})
+	}
+}
+
+func testForeignKeyOrphan(t *testing.T, size int) {
+	nodes := grouptest.Group(t, shared(t)[:size], fmt.Sprint("fk", size), grouptest.Options{}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE parent (id int PRIMARY KEY)`)
 		first.Exec(`CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE)`)
 		first.Exec(`CREATE TABLE late (id int PRIMARY KEY, parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)`)

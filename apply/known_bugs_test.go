@@ -1,3 +1,5 @@
+//go:build knownbugs
+
 package apply_test
 
 import (
@@ -13,9 +15,11 @@ import (
 )
 
 // Known bugs. Every test in this file FAILS today: each is the smallest
-// deterministic reproduction of a divergence or a silent loss that the
+// deterministic reproduction of a divergence or a wrong record that the
 // conflict matrix or the randomized convergence test ran into (issue 5).
-// They say what should happen; fix the engine, not the test.
+// They say what should happen; fix the engine, not the test, and move a
+// fixed one to the regular tests. They build only with the tag knownbugs
+// (make test-known-bugs), so that make test stays the gate of what works.
 
 // divergenceGroup starts a group of size nodes with the tables of c (kv
 // by default) in a schema of its own, c's rows inserted on the first node
@@ -54,20 +58,6 @@ func (e *matrixEnv) assertSame(t *testing.T, check string) {
 		}
 		t.Errorf("the nodes diverged:\n%s%s", diff, b.String())
 	}
-}
-
-// TestKnownBugKeyChangeLosesToUpdate: A changes a row's primary key while
-// B updates the row, later. A then skips B's update (update_missing: the
-// old key is gone) and keeps the row under its new key; B keeps its update
-// over A's older key change (update_update, keep local) under the old key.
-// A ends with 10=start, B with 1=b, for good.
-func TestKnownBugKeyChangeLosesToUpdate(t *testing.T) {
-	t.Parallel()
-	e := divergenceGroup(t, 2, matrixCase{name: "bugkey", rows: kvStart})
-	e.provoke(t,
-		mwrite{nodeA, `UPDATE kv SET k = 10 WHERE k = 1`},
-		mwrite{nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`})
-	e.assertSame(t, "")
 }
 
 // TestKnownBugDeleteBeatsReinsert: A deletes a row; B, not having seen it,
@@ -125,77 +115,6 @@ func TestKnownBugChangeOvertakesInsert(t *testing.T) {
 			e.assertSame(t, "")
 		})
 	}
-}
-
-// TestKnownBugParkedRetryResurrects: two nodes insert different ids with
-// the same email at the same time; each parks the other's insert (unique
-// violation, TestUniqueSecondaryParked). Then each deletes its own row;
-// the other skips the delete (delete_missing: it never had the row). The
-// parked inserts no longer collide, and their retries apply them: A ends
-// with B's deleted row, B with A's, and bdr.apply_errors says "applied".
-// A retry applies a transaction out of order, after later changes of the
-// same rows were skipped.
-func TestKnownBugParkedRetryResurrects(t *testing.T) {
-	t.Parallel()
-	const users = `SELECT coalesce(string_agg(id || '=' || email, ' ' ORDER BY id), '') FROM users`
-	e := divergenceGroup(t, 2, matrixCase{name: "bugresurrect", schema: `CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE)`})
-	a, b := e.nodes[nodeA], e.nodes[nodeB]
-	e.provoke(t,
-		mwrite{nodeA, `INSERT INTO users VALUES (1, 'x@example.com')`},
-		mwrite{nodeB, `INSERT INTO users VALUES (2, 'x@example.com')`})
-	for _, n := range e.nodes {
-		if got := n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked'`); got != 1 {
-			t.Fatalf("%s parked %d transactions, want 1", n.Name, got)
-		}
-	}
-	e.exec(t, a, `DELETE FROM users WHERE id = 1`)
-	e.exec(t, b, `DELETE FROM users WHERE id = 2`)
-	grouptest.WaitQuiet(t, e.nodes, time.Minute)
-	for _, n := range e.nodes {
-		pgtest.WaitFor(t, time.Minute, "the parked insert on "+n.Name+" to be retried and applied", func() (bool, error) {
-			return n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'applied'`) == 1, nil
-		})
-	}
-	e.assertSame(t, users)
-}
-
-// TestKnownBugParkedRetryAfterTypeFix: a transaction parked for a type
-// error (v is an integer on B, text on A) must apply once B's column is
-// text too. The applier keeps the plan it built with the old type (every
-// value is cast to integer) until bdrd restarts: the retry keeps failing.
-func TestKnownBugParkedRetryAfterTypeFix(t *testing.T) {
-	t.Parallel()
-	c := matrixCase{
-		name:   "type_fix",
-		schema: `CREATE TABLE kv (k int PRIMARY KEY, v int)`,
-		onlyA:  `ALTER TABLE kv ALTER COLUMN v TYPE text`,
-		writes: []mwrite{{nodeA, `INSERT INTO kv VALUES (1, 'not a number')`}},
-		want:   "1=not a number",
-		parked: []mparked{{write: 0, sqlstate: "22P02", err: "integer"}},
-		fix:    `ALTER TABLE kv ALTER COLUMN v TYPE text`,
-	}
-	runMatrix(t, "bugtype", []matrixCase{c}, 2)
-}
-
-// TestKnownBugValueTooLong: a remote value longer than B's varchar(3)
-// column must be parked (SQLSTATE 22001), not cut: the applier casts every
-// value to the local column type explicitly ($2::character varying(3)),
-// and an explicit cast truncates without an error. B keeps "lon" with no
-// record anywhere.
-func TestKnownBugValueTooLong(t *testing.T) {
-	t.Parallel()
-	c := matrixCase{
-		name:   "too_long",
-		schema: `CREATE TABLE kv (k int PRIMARY KEY, v varchar(3))`,
-		onlyA:  `ALTER TABLE kv ALTER COLUMN v TYPE text`,
-		writes: []mwrite{{nodeA, `INSERT INTO kv VALUES (1, 'long value')`}},
-		want:   "1=long value",
-		parked: []mparked{{write: 0, sqlstate: "22001", err: "too long"}},
-		fix:    `ALTER TABLE kv ALTER COLUMN v TYPE text`,
-		// Also hit by TestKnownBugParkedRetryAfterTypeFix once parked.
-		restartAfterFix: true,
-	}
-	runMatrix(t, "buglong", []matrixCase{c}, 2)
 }
 
 // TestKnownBugConflictRecordMissesConcurrentRow: a remote INSERT applied

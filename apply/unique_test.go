@@ -110,7 +110,16 @@ func TestUniqueConflicts(t *testing.T) {
 // on with later changes.
 func TestExclusionParked(t *testing.T) {
 	t.Parallel()
-	nodes := grouptest.Group(t, shared(t)[:2], "excl", grouptest.Options{ErrorRetry: time.Hour}, func(first *grouptest.Node) {
+	for _, size := range []int{2, 3} {
+		t.Run(fmt.Sprint(size, "nodes"), func(t *testing.T) {
+			t.Parallel()
+			testExclusionParked(t, size)
+		})
+	}
+}
+
+func testExclusionParked(t *testing.T, size int) {
+	nodes := grouptest.Group(t, shared(t)[:size], fmt.Sprint("excl", size), grouptest.Options{ErrorRetry: time.Hour}, func(first *grouptest.Node) {
 		first.Exec(`CREATE TABLE booking (id int PRIMARY KEY, during tsrange, EXCLUDE USING gist (during WITH &&))`)
 	})
 	a, b := nodes[0], nodes[1]
