@@ -42,6 +42,11 @@ var (
 	// commit time as a parameter and count the rows they apply.
 	stmtSetupFast = stmt{"bdr_xact_setup_fast", `SELECT pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz),
 	pg_catalog.set_config('` + setApplied + `', '0', true)`}
+	// stmtRecordSetup makes the remote commit known to statements that
+	// record conflicts in a transaction applied with fast statements.
+	stmtRecordSetup = stmt{"bdr_record_setup", `SELECT pg_catalog.set_config('` + setCommitTS + `', $1::text, true),
+	pg_catalog.set_config('` + setXid + `', $2::text, true),
+	pg_catalog.set_config('` + setCommitLSN + `', $3::text, true)`}
 	// stmtCheck aborts the transaction when a fast statement did not apply.
 	stmtCheck    = stmt{"bdr_check", "SELECT bdr.check_applied($1::int)"}
 	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
@@ -50,7 +55,7 @@ var (
 	stmtClaim = stmt{"bdr_claim", "SELECT bdr.claim_parked($1::bigint, $2::text)"}
 )
 
-var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtCheck, stmtPosition, stmtClaim}
+var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtRecordSetup, stmtCheck, stmtPosition, stmtClaim}
 
 // resolveWindow is how many transactions are applied with resolving
 // statements after one needed them, before fast statements are tried again.
@@ -88,6 +93,7 @@ type applier struct {
 	// orphanChecks are the foreign-key checks of the transaction being
 	// sent, sent before its COMMIT (plan_fk.go).
 	orphanChecks []pendingCheck
+	orphanTxn    *decoder.Txn
 
 	// trace, when not nil, collects every statement sent (for tests).
 	trace *[]op
@@ -348,7 +354,7 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 		if resolving {
 			a.resolveNext--
 		}
-		a.orphanChecks = a.orphanChecks[:0]
+		a.orphanChecks, a.orphanTxn = a.orphanChecks[:0], t
 		a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: i, what: "begin"})
 		if resolving {
 			a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: i, what: "origin setup"})
@@ -366,7 +372,7 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 			return b.syncIfFull(ctx)
 		})
 		if err == nil {
-			a.sendOrphanChecks(ctx, i)
+			a.sendOrphanChecks(ctx, i, t)
 			if counted > 0 {
 				a.send(ctx, stmtCheck, []param{{data: []byte(strconv.Itoa(counted))}}, op{kind: opCheck, txn: i, what: "check"})
 			}

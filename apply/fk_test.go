@@ -29,8 +29,8 @@ func testForeignKeyOrphan(t *testing.T, size int) {
 		first.Exec(`CREATE TABLE parent (id int PRIMARY KEY)`)
 		first.Exec(`CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE)`)
 		first.Exec(`CREATE TABLE late (id int PRIMARY KEY, parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)`)
-		first.Exec(`INSERT INTO parent VALUES (1), (2)`)
-		first.Exec(`INSERT INTO child VALUES (20, 2)`)
+		first.Exec(`INSERT INTO parent VALUES (1), (2), (4), (5)`)
+		first.Exec(`INSERT INTO child VALUES (20, 2), (40, 4)`)
 	})
 	a, b := nodes[0], nodes[1]
 	for _, n := range nodes {
@@ -40,6 +40,8 @@ func testForeignKeyOrphan(t *testing.T, size int) {
 	b.Exec(`INSERT INTO child VALUES (10, 1)`)
 	a.Exec(`DELETE FROM parent WHERE id = 2`) // cascades to child 20
 	b.Exec(`BEGIN; INSERT INTO late VALUES (30, 3); INSERT INTO parent VALUES (3); COMMIT`)
+	a.Exec(`DELETE FROM parent WHERE id = 5`)
+	b.Exec(`UPDATE child SET parent_id = 5 WHERE id = 40`)
 	for _, n := range nodes {
 		n.Start()
 	}
@@ -47,11 +49,11 @@ func testForeignKeyOrphan(t *testing.T, size int) {
 	grouptest.AssertConverged(t, nodes)
 
 	for _, n := range nodes {
-		if got := n.QueryText(`SELECT string_agg(id || ':' || parent_id, ' ' ORDER BY id) FROM child`); got != "10:1" {
-			t.Errorf("%s: child rows %q, want 10:1", n.Name, got)
+		if got := n.QueryText(`SELECT string_agg(id || ':' || parent_id, ' ' ORDER BY id) FROM child`); got != "10:1 40:5" {
+			t.Errorf("%s: child rows %q, want 10:1 40:5", n.Name, got)
 		}
-		if got := n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE conflict_type = 'foreign_key_orphan'`); got != 1 {
-			t.Errorf("%s: %d orphans recorded, want 1: %s", n.Name, got,
+		if got := n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE conflict_type = 'foreign_key_orphan'`); got != 2 {
+			t.Errorf("%s: %d orphans recorded, want 2: %s", n.Name, got,
 				n.QueryText(`SELECT coalesce(string_agg(table_name || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
 		}
 	}

@@ -308,7 +308,7 @@ func (a *applier) applyParked(ctx context.Context, id int64, t *decoder.Txn) err
 	b := &batch{a: a, txns: []*decoder.Txn{t}, rows: make([]rowCounts, 1), committed: -1, untracked: true}
 	a.cur = b
 	defer func() { a.cur = nil }()
-	a.orphanChecks = a.orphanChecks[:0]
+	a.orphanChecks, a.orphanTxn = a.orphanChecks[:0], t
 	a.send(ctx, stmtBegin, nil, op{kind: opBegin, txn: 0, what: "begin"})
 	a.send(ctx, stmtSetup, setupParams(t), op{kind: opSetup, txn: 0, what: "origin setup"})
 	a.send(ctx, stmtClaim, []param{{data: []byte(fmt.Sprint(id))}, {data: []byte("retry")}},
@@ -321,7 +321,7 @@ func (a *applier) applyParked(ctx context.Context, id int64, t *decoder.Txn) err
 		return b.syncIfFull(ctx)
 	})
 	if err == nil {
-		a.sendOrphanChecks(ctx, 0)
+		a.sendOrphanChecks(ctx, 0, t)
 		a.send(ctx, stmtCommit, nil, op{kind: opCommit, txn: 0, what: "commit"})
 		err = b.sync(ctx)
 	}

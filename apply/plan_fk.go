@@ -177,7 +177,16 @@ func (p *plan) parentCheckSQL(mask string, update bool) string {
 	if len(checks) == 0 {
 		return ""
 	}
-	return orphanRecord(p.tupleJSON(present, params[present[0]]), strings.Join(checks, "\nUNION ALL\n"))
+	sql := orphanRecord(p.tupleJSON(present, params[present[0]]), strings.Join(checks, "\nUNION ALL\n"))
+	if update {
+		// The key parameters come first and are not used: name their types.
+		keys := make([]string, len(p.keys))
+		for i, k := range p.keys {
+			keys[i] = placeholder(3+i, p.types[k])
+		}
+		sql = fmt.Sprintf("WITH key AS (SELECT %s)\n%s", strings.Join(keys, ", "), sql)
+	}
+	return sql
 }
 
 // childCheckSQL records the local rows left referencing the key a remote
@@ -253,12 +262,18 @@ func (a *applier) queueOrphanCheck(ctx context.Context, i int, p *plan, c *decod
 	all = append(all, param{data: []byte(p.rel.Schema)}, param{data: []byte(p.rel.Name)})
 	a.orphanChecks = append(a.orphanChecks, pendingCheck{st: st, params: append(all, base...), what: p.table, change: c.Op, rel: c.Rel})
 	if len(a.orphanChecks) >= maxPendingChecks {
-		a.sendOrphanChecks(ctx, i)
+		a.sendOrphanChecks(ctx, i, a.orphanTxn)
 	}
 }
 
-// sendOrphanChecks sends the orphan checks held back for transaction i.
-func (a *applier) sendOrphanChecks(ctx context.Context, i int) {
+// sendOrphanChecks sends the orphan checks held back for transaction i,
+// t, after the settings their records read (fast statements do not set
+// them).
+func (a *applier) sendOrphanChecks(ctx context.Context, i int, t *decoder.Txn) {
+	if len(a.orphanChecks) == 0 {
+		return
+	}
+	a.send(ctx, stmtRecordSetup, setupParams(t)[2:], op{kind: opChange, txn: i, what: "conflict record setup"})
 	for _, pc := range a.orphanChecks {
 		a.send(ctx, pc.st, pc.params, op{kind: opResolve, txn: i, what: "foreign key check after " + pc.change.String() + " on " + pc.what, rel: pc.rel})
 	}

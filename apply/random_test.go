@@ -354,6 +354,11 @@ func (r *randomRound) compare() {
 		pgtest.Scan(t, n.DSN, `SELECT count(*), count(*) FILTER (WHERE state = 'parked') FROM bdr.apply_errors
 			WHERE EXISTS (SELECT 1 FROM unnest(tables) x WHERE x LIKE $1 || '.%')`, []any{r.schema}, &all, &still)
 		r.parked = append(r.parked, fmt.Sprintf("%d/%d", all, still))
+		for _, e := range pgtest.Strings(t, n.DSN, `SELECT count(*) || ' x ' || left(error, 300) FROM bdr.apply_errors
+			WHERE state = 'parked' AND EXISTS (SELECT 1 FROM unnest(tables) x WHERE x LIKE $1 || '.%')
+			GROUP BY left(error, 300) ORDER BY count(*) DESC LIMIT 3`, r.schema) {
+			t.Logf("%s still parked: %s", n.Name, e)
+		}
 	}
 	pgtest.Scan(t, r.dsn(r.nodes[0]), `SELECT count(*) FROM child c
 		WHERE c.parent_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = c.parent_id)`, nil, &r.orphans)
