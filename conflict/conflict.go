@@ -139,11 +139,16 @@ type Decision struct {
 	Resolution Resolution
 	// ApplyRemote says whether the remote change is applied.
 	ApplyRemote bool
+	// Error: the resolver is error; the change is not applied and its
+	// transaction fails (SQLSTATE BR003, ErrorMessage) and is parked. No
+	// Resolution: nothing is written to conflict_history.
+	Error bool
 	// Reason says which rule decided, with the versions compared.
 	Reason string
 }
 
-// Decide is the rule for every remote row change (DESIGN rule 3).
+// Decide is the rule for every remote row change (DESIGN rule 3), under
+// last_update_wins: DecideWith with no resolvers set.
 //
 // A conflict is a remote change that meets a local row written by another
 // node at the same time or later (the local row "changed since"), a remote
@@ -158,32 +163,39 @@ type Decision struct {
 // changed later on another. When that pair was in fact concurrent, the node
 // where the older change arrives last records it.
 func Decide(op Op, local Local, remote Version) Decision {
-	wins := remote.Newer(local.Version)
+	return DecideWith(op, local, remote, nil)
+}
+
+// DecideWith is Decide under the resolvers set: resolver gives the
+// resolver of each conflict type (nil: last_update_wins for every type),
+// Effective applies. The resolver changes what is done with a conflict
+// and, for keep_local, what is one: a remote UPDATE or DELETE of a row
+// last written by another node is a conflict under keep_local even when
+// it is newer (see Resolver).
+func DecideWith(op Op, local Local, remote Version, resolver func(Type) Resolver) Decision {
+	res := func(t Type) Resolver {
+		if resolver == nil {
+			return ResolverLastUpdateWins
+		}
+		return Effective(t, resolver(t))
+	}
 	switch {
 	case op == Insert && !local.Found:
 		return Decision{ApplyRemote: true}
 	case op == Insert:
-		return luw(InsertInsert, local.Version, remote, wins)
+		return Resolve(InsertInsert, res(InsertInsert), local.Version, remote)
 	case !local.Found && op == Update:
-		return Decision{Conflict: true, Type: UpdateMissing, Resolution: Skip,
-			Reason: "no local row with this key; the update has nothing to change"}
+		return missing(UpdateMissing, res(UpdateMissing), noRowUpdate)
 	case !local.Found:
-		return Decision{Conflict: true, Type: DeleteMissing, Resolution: Skip,
-			Reason: "no local row with this key; already deleted"}
-	case local.Same || wins:
+		return missing(DeleteMissing, res(DeleteMissing), noRowDelete)
+	}
+	t := UpdateUpdate
+	if op == Delete {
+		t = UpdateDelete
+	}
+	r := res(t)
+	if local.Same || clean(r, local.Version, remote) {
 		return Decision{ApplyRemote: true}
-	case op == Update:
-		return luw(UpdateUpdate, local.Version, remote, wins)
 	}
-	return Decision{Conflict: true, Type: UpdateDelete, Resolution: DeleteWins, ApplyRemote: true,
-		Reason: fmt.Sprintf("delete wins over a concurrent update (local %s, remote delete %s)", local.Version, remote)}
-}
-
-func luw(t Type, local, remote Version, wins bool) Decision {
-	if wins {
-		return Decision{Conflict: true, Type: t, Resolution: KeepRemote, ApplyRemote: true,
-			Reason: fmt.Sprintf("remote %s is newer than local %s", remote, local)}
-	}
-	return Decision{Conflict: true, Type: t, Resolution: KeepLocal,
-		Reason: fmt.Sprintf("local %s is newer than or ties with remote %s", local, remote)}
+	return changed(t, r, local.Version, remote)
 }
