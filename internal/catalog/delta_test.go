@@ -87,7 +87,7 @@ func TestReplicatedTables(t *testing.T) {
 	for _, tt := range []struct {
 		schema, table string
 		want          bool
-	}{{"bdr", "delta_columns", true}, {"bdr", "row_versions", false}, {"bdr", "conflict_history", false}, {"public", "delta_columns", false}} {
+	}{{"bdr", "delta_columns", true}, {"bdr", "conflict_resolvers", true}, {"bdr", "row_versions", false}, {"bdr", "conflict_history", false}, {"public", "delta_columns", false}} {
 		if got := IsReplicated(tt.schema, tt.table); got != tt.want {
 			t.Errorf("IsReplicated(%s, %s) = %v", tt.schema, tt.table, got)
 		}

@@ -24,7 +24,7 @@ const Schema = "bdr"
 // diverges): the decoder keeps their changes, the applier applies them
 // (with last-update-wins), and a join copies their rows. Each has a
 // primary key.
-func ReplicatedTables() []string { return []string{"delta_columns"} }
+func ReplicatedTables() []string { return []string{"delta_columns", "conflict_resolvers"} }
 
 // IsReplicated reports whether schema.table is one of ReplicatedTables.
 func IsReplicated(schema, table string) bool {
@@ -520,6 +520,8 @@ LANGUAGE sql AS $$
 	 WHERE c.oid = $1 AND d.schema_name = n.nspname AND d.table_name = c.relname AND d.column_name = $2
 $$;
 `,
+	// 7: per-table conflict resolvers (resolvers.go).
+	migrationResolvers,
 }
 
 // Version is the schema version this build installs.
