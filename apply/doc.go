@@ -12,6 +12,9 @@
 // conflict decides the winner and the conflict is written to
 // bdr.conflict_history in the same local transaction.
 //
+// The resolver of each table and conflict type (bdr.conflict_resolvers,
+// replicated) is read at run time by those statements; see resolvers.go.
+//
 // Delta (counter) columns of a table (bdr.delta_columns) add the remote
 // increment (new - old, from the old row that REPLICA IDENTITY FULL logs)
 // instead of being overwritten; see plan_delta.go.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bdr-dev/bdr/conflict"
 	"github.com/bdr-dev/bdr/decoder"
@@ -153,7 +154,7 @@ func (a *applier) park(ctx context.Context, t *decoder.Txn, cause error) (bool, 
 				remote_node_name, schema_name, table_name, conflict_type, resolution, reason, remote_xid,
 				remote_commit_time, remote_commit_lsn)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::pg_lsn)`,
-			a.local.NodeID, a.local.Name, a.peer.NodeID, a.peer.Name, schema, table, parkedType(code), conflict.Parked,
+			a.local.NodeID, a.local.Name, a.peer.NodeID, a.peer.Name, schema, table, parkedType(code, cause), conflict.Parked,
 			fmt.Sprintf("the transaction could not be applied and is parked as apply error %d (bdrctl errors list): %s", id, cause),
 			int64(t.Xid), t.CommitTime, t.CommitLSN.String())
 		return err
@@ -175,11 +176,17 @@ func (a *applier) park(ctx context.Context, t *decoder.Txn, cause error) (bool, 
 }
 
 // parkedType is the conflict type a parked transaction is recorded with
-// in conflict_history, by the SQLSTATE of its error.
-func parkedType(code *string) conflict.Type {
+// in conflict_history, by the SQLSTATE of its error; the error resolver's
+// error names the type of the conflict it did not resolve.
+func parkedType(code *string, cause error) conflict.Type {
+	var pgErr *pgconn.PgError
 	switch {
 	case code == nil:
 		return conflict.ApplyError
+	case *code == conflict.ErrorSQLState && errors.As(cause, &pgErr):
+		if t, ok := conflict.ErrorType(pgErr.Message); ok {
+			return t
+		}
 	case *code == "23P01":
 		return conflict.ExclusionViolation
 	case *code == "23505":

@@ -248,13 +248,16 @@ func inputs(found, mineExpr, c, rts string) conflict.Inputs {
 	}
 }
 
-// onVersion evaluates a decision expression on the row version with xmin.
-// It is a condition of the statement that changes the row, so PostgreSQL
-// evaluates it again on the newer version when a local transaction updated
-// the row concurrently. The commit time and origin are read inline (no
-// subquery: that costs more than reading them twice).
-func onVersion(xmin, rts string, expr func(conflict.Inputs) string) string {
-	return expr(inputs("true", mine(xmin), "(pg_catalog.pg_xact_commit_timestamp_origin("+xmin+"))", rts))
+// onVersion evaluates a decision expression on the row version with xmin,
+// under resolvers (see resolvers.go). It is a condition of the statement
+// that changes the row, so PostgreSQL evaluates it again on the newer
+// version when a local transaction updated the row concurrently. The
+// commit time and origin are read inline (no subquery: that costs more
+// than reading them twice).
+func onVersion(xmin, rts string, resolvers func(conflict.Type) string, expr func(conflict.Inputs) string) string {
+	in := inputs("true", mine(xmin), "(pg_catalog.pg_xact_commit_timestamp_origin("+xmin+"))", rts)
+	in.Resolver = resolvers
+	return expr(in)
 }
 
 // keyParams numbers the key parameters, from first: the key values come

@@ -116,13 +116,17 @@ func ovMatch(alias string) string {
 }
 
 // rowInputs are the decision inputs for the row version alias against a
-// remote change committed at rts: its commit time and origin, or for a
-// table with delta columns the version kept in bdr.row_versions.
-func (p *plan) rowInputs(alias, rts string) conflict.Inputs {
+// remote change committed at rts, under resolvers (see resolvers.go; for a
+// table with delta columns, update_update is the delta rule's): its commit
+// time and origin, or for a table with delta columns the version kept in
+// bdr.row_versions.
+func (p *plan) rowInputs(alias, rts string, resolvers func(conflict.Type) string) conflict.Inputs {
 	xmin := alias + ".xmin"
 	c := "(pg_catalog.pg_xact_commit_timestamp_origin(" + xmin + "))"
 	if !p.hasDelta() {
-		return inputs("true", mine(xmin), c, rts)
+		in := inputs("true", mine(xmin), c, rts)
+		in.Resolver = resolvers
+		return in
 	}
 	has := fmt.Sprintf("EXISTS (SELECT 1 FROM bdr.row_versions o WHERE %s)", ovMatch(alias))
 	kept := func(col string) string {
@@ -137,6 +141,7 @@ func (p *plan) rowInputs(alias, rts string) conflict.Inputs {
 		LocalNode:  nodeOf(ro),
 		RemoteTS:   rts,
 		RemoteNode: setting(setRemoteID, "int"),
+		Resolver:   deltaResolvers(resolvers),
 	}
 }
 
@@ -206,7 +211,7 @@ func (p *plan) deltaUpdateSQL(mask string) string {
 	}
 	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
 		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)),
-		conflict.CleanSQL(p.rowInputs("t", placeholder(next, "timestamptz"))), countApplied)
+		conflict.CleanSQL(p.rowInputs("t", placeholder(next, "timestamptz"), nil)), countApplied)
 }
 
 // resolvingDeltaUpdateSQL is the resolving UPDATE of a table with delta
@@ -226,6 +231,7 @@ func (p *plan) resolvingDeltaUpdateSQL(mask string) string {
 		LocalNode:  nodeOf("l.ro"),
 		RemoteTS:   remoteTS,
 		RemoteNode: setting(setRemoteID, "int"),
+		Resolver:   deltaResolvers(stmtResolvers), // update_missing
 	}
 	dec := conflict.UpdateSQL(in)
 	dec.Reason = fmt.Sprintf("(%s) || CASE WHEN %s THEN '; the delta columns were added' ELSE '' END", dec.Reason, in.Found)
@@ -243,7 +249,7 @@ func (p *plan) resolvingDeltaUpdateSQL(mask string) string {
 	}
 	tupleJSON := fmt.Sprintf("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT %s) r)", strings.Join(tuple, ", "))
 	keys := p.keyConds("t", p.keyParams(false, 3))
-	return fmt.Sprintf(`WITH l0 AS (
+	return fmt.Sprintf(`WITH %s, l0 AS (
 	SELECT t.tableoid AS relid, t.ctid AS tid, t.xmin AS xm, t AS row,
 		(SELECT o FROM bdr.row_versions o WHERE %s) AS ov, (%s) AS same_values
 	FROM ONLY %s t WHERE %s LIMIT 1 FOR UPDATE OF t
@@ -265,7 +271,7 @@ func (p *plan) resolvingDeltaUpdateSQL(mask string) string {
 	ON CONFLICT (relid, tid) DO UPDATE SET row_xmin = excluded.row_xmin, commit_time = excluded.commit_time, roident = excluded.roident
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		ovMatch("t"), same, p.table, keys, mine("l0.xm"), dec.Apply,
+		resolversCTE(conflict.UpdateMissing), ovMatch("t"), same, p.table, keys, mine("l0.xm"), dec.Apply,
 		p.table, strings.Join(sets, ", "), keys,
 		p.recordWith(dec, dec.Resolution, tupleJSON,
 			"FROM (SELECT 1) g LEFT JOIN w l ON true WHERE NOT coalesce(l.found, false) OR (NOT l.wins AND NOT l.same_values)",

@@ -53,7 +53,7 @@ func (p *plan) updateSQL(mask string) string {
 	}
 	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
 		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)),
-		p.clean("t", placeholder(next, "timestamptz")), countApplied)
+		p.clean("t", placeholder(next, "timestamptz"), conflict.UpdateSQL), countApplied)
 }
 
 func (p *plan) deleteSQL() string {
@@ -63,14 +63,16 @@ func (p *plan) deleteSQL() string {
 	}
 	return fmt.Sprintf("DELETE FROM ONLY %s t WHERE %s AND %s RETURNING %s",
 		p.table, p.keyConds("t", p.keyParams(false, 1)),
-		p.clean("t", placeholder(len(p.keys)+1, "timestamptz")), countApplied)
+		p.clean("t", placeholder(len(p.keys)+1, "timestamptz"), conflict.DeleteSQL), countApplied)
 }
 
 // clean is true when changing the row version alias is no conflict with a
-// remote change committed at rts.
-func (p *plan) clean(alias, rts string) string {
+// remote change committed at rts, under the resolver of the kind of change
+// (decide is conflict.UpdateSQL or conflict.DeleteSQL).
+func (p *plan) clean(alias, rts string, decide func(conflict.Inputs) conflict.DecisionSQL) string {
 	if p.hasDelta() {
-		return conflict.CleanSQL(p.rowInputs(alias, rts))
+		return decide(p.rowInputs(alias, rts, fastResolvers(alias))).Clean
 	}
-	return fmt.Sprintf("(%s OR %s)", mine(alias+".xmin"), onVersion(alias+".xmin", rts, conflict.CleanSQL))
+	return fmt.Sprintf("(%s OR %s)", mine(alias+".xmin"),
+		onVersion(alias+".xmin", rts, fastResolvers(alias), func(in conflict.Inputs) string { return decide(in).Clean }))
 }

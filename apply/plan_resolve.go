@@ -27,11 +27,12 @@ import (
 
 // lookup describes, for the conflict record, the local row with the key
 // params as the statement's snapshot sees it: l.found, l.row, l.c (its
-// commit time and origin) and l.mine.
+// commit time and origin), l.node (the node that wrote it, read once: the
+// decision expressions use it many times) and l.mine.
 func (p *plan) lookup(params []int) string {
-	return fmt.Sprintf(`(SELECT true AS found, t AS row, %s AS mine, c
+	return fmt.Sprintf(`(SELECT true AS found, t AS row, %s AS mine, c, %s AS node
 	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) c ON true
-	WHERE %s LIMIT 1)`, mine("t.xmin"), p.table, p.keyConds("t", params))
+	WHERE %s LIMIT 1)`, mine("t.xmin"), nodeOf("c.roident"), p.table, p.keyConds("t", params))
 }
 
 // record inserts the conflict_history row of a conflict; the FROM clause
@@ -57,9 +58,13 @@ func (p *plan) recordWith(dec conflict.DecisionSQL, resolution, tuple, from, lts
 		setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"), from)
 }
 
-// recordInputs are the decision inputs of the looked-up row l.
+// recordInputs are the decision inputs of the looked-up row l, under the
+// resolvers of the statement's table (resolversCTE).
 func recordInputs() conflict.Inputs {
-	return inputs("coalesce(l.found, false)", "l.mine", "(l.c)", remoteTS)
+	in := inputs("coalesce(l.found, false)", "l.mine", "(l.c)", remoteTS)
+	in.LocalNode = "l.node"
+	in.Resolver = stmtResolvers
+	return in
 }
 
 // tupleJSON is the jsonb of the columns at positions cols, whose values are
@@ -85,7 +90,7 @@ func (p *plan) resolvingInsertSQL() string {
 	for i, k := range p.keys {
 		keyCols[i] = p.cols[k]
 	}
-	wins := conflict.RemoteWinsSQL(p.rowInputs("t", remoteTS))
+	wins := conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
 	dec := conflict.InsertSQL(recordInputs())
 	source, notSkip := "VALUES ("+strings.Join(vals, ", ")+")", ""
 	if len(p.uniques) > 0 {
@@ -94,15 +99,15 @@ func (p *plan) resolvingInsertSQL() string {
 		source = fmt.Sprintf("SELECT %s WHERE %s", strings.Join(vals, ", "), notSkipped)
 		notSkip = " AND " + notSkipped
 	}
-	return fmt.Sprintf(`WITH i AS (
+	return fmt.Sprintf(`WITH %s, i AS (
 	INSERT INTO %s AS t (%s) %s
 	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
 	RETURNING t.xmax = 0 AS inserted
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(p.cols, ", "), source,
+		resolversCTE(conflict.InsertInsert), p.table, strings.Join(p.cols, ", "), source,
 		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
-		p.record(dec, fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END", conflict.KeepRemote, conflict.KeepLocal),
+		p.record(dec, conflict.ResolutionSQL(recordInputs(), conflict.InsertInsert, "EXISTS (SELECT 1 FROM i)"),
 			p.tupleJSON(all, 3),
 			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)%s) g LEFT JOIN LATERAL %s l ON true",
 				notSkip, p.lookup(p.keyParams(true, 3)))))
@@ -120,20 +125,20 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 		return p.keyChangeSQL(mask)
 	}
 	sets, present := p.updateSets(mask)
-	apply := onVersion("t.xmin", remoteTS, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 	dec := conflict.UpdateSQL(recordInputs())
 	notSkip := ""
 	if afterUnique {
 		notSkip = " AND " + notSkipped
 	}
-	return fmt.Sprintf(`WITH u AS (
+	return fmt.Sprintf(`WITH %s, u AS (
 	UPDATE ONLY %s t SET %s WHERE %s%s AND (%s OR %s) RETURNING 1
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), notSkip, mine("t.xmin"), apply,
+		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), notSkip, mine("t.xmin"), apply,
 		p.record(dec, dec.Resolution, p.tupleJSON(present, len(p.keys)+3),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u)%s) g LEFT JOIN LATERAL %s l ON true",
-				notSkip, p.lookup(p.keyParams(false, 3)))))
+			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s)%s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
+				appliedConflict(), notSkip, p.lookup(p.keyParams(false, 3)), dec.Record)))
 }
 
 // updateSets are the SET items of the UPDATE of the columns in mask, whose
@@ -191,9 +196,9 @@ func (p *plan) keyChangeSQL(mask string) string {
 			versionText("(l.c).timestamp", nodeOf("(l.c).roident")), versionText(remoteTS, setting(setRemoteID, "int"))),
 	}
 	wonRecord := strings.Replace(p.record(won, won.Resolution, tuple,
-		fmt.Sprintf("FROM (SELECT true AS found, u.row, u.mine, u.c FROM u) l WHERE NOT %s", conflict.CleanSQL(recordInputs()))),
+		fmt.Sprintf("FROM (SELECT true AS found, u.row, u.mine, u.c, %s AS node FROM u) l WHERE NOT %s", nodeOf("(u.c).roident"), conflict.CleanSQL(recordInputs()))),
 		"h AS (", "h2 AS (", 1)
-	return fmt.Sprintf(`WITH u AS (
+	return fmt.Sprintf(`WITH %s, u AS (
 	UPDATE ONLY %s t SET %s
 	FROM (SELECT x.ctid AS tid, x AS row, %s AS mine, c FROM ONLY %s x
 		LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true WHERE %s) o
@@ -201,7 +206,7 @@ func (p *plan) keyChangeSQL(mask string) string {
 	RETURNING o.row, o.mine, o.c
 )%s, %s, %s
 SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
-		p.table, strings.Join(sets, ", "), mine("x.xmin"), p.table, p.keyConds("x", oldKey), notSkipped,
+		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.table, strings.Join(sets, ", "), mine("x.xmin"), p.table, p.keyConds("x", oldKey), notSkipped,
 		insert,
 		p.record(missing, missing.Resolution, tuple,
 			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u) AND %s) g LEFT JOIN LATERAL %s l ON true",
@@ -209,16 +214,24 @@ SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 		wonRecord)
 }
 
+// resolvingDeleteSQL deletes the row when the resolver says so (last
+// update wins: always) and records a conflict on the row it deleted, or
+// on the row it left.
 func (p *plan) resolvingDeleteSQL() string {
 	dec := conflict.DeleteSQL(recordInputs())
-	return fmt.Sprintf(`WITH x AS (
-	DELETE FROM ONLY %s t WHERE %s RETURNING t AS row, t.xmin AS xm
+	keys := p.keyConds("t", p.keyParams(false, 3))
+	return fmt.Sprintf(`WITH %s, x AS (
+	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) RETURNING t AS row, t.xmin AS xm
 ), %s
 SELECT (SELECT conflict_type FROM h)`,
-		p.table, p.keyConds("t", p.keyParams(false, 3)),
+		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
 		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
 			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
-		SELECT true AS found, x.row, %s AS mine, c FROM x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xm) c ON true
+		SELECT true AS found, v.row, %s AS mine, c, %s AS node FROM (
+			SELECT x.row, x.xm FROM x
+			UNION ALL
+			(SELECT t, t.xmin FROM ONLY %s t WHERE %s AND NOT EXISTS (SELECT 1 FROM x) LIMIT 1)
+		) v LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(v.xm) c ON true
 	) l ON true
-	WHERE %s`, mine("x.xm"), dec.Record)))
+	WHERE %s`, mine("v.xm"), nodeOf("c.roident"), p.table, keys, dec.Record)))
 }

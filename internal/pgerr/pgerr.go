@@ -89,6 +89,10 @@ func classifyCode(code string) Class {
 	case "23505", "23P01", // unique_violation, exclusion_violation
 		Unapplied:
 		return Conflict
+	case ResolverError:
+		// The table's resolver says so: retrying changes nothing until an
+		// operator sets another one; the transaction is parked at once.
+		return Fatal
 	}
 	if strings.HasPrefix(code, "08") { // connection exceptions
 		return Retryable
@@ -99,6 +103,10 @@ func classifyCode(code string) Class {
 // Unapplied is the SQLSTATE bdr.check_applied raises when a fast apply
 // statement found a conflict or a missing row.
 const Unapplied = "BR001"
+
+// ResolverError is the SQLSTATE of a conflict whose resolver is error
+// (bdr.conflict_resolver_error; conflict.ErrorSQLState).
+const ResolverError = "BR003"
 
 // Code returns the SQLSTATE of err, or "" when err is not a PostgreSQL error.
 func Code(err error) string {

@@ -24,6 +24,7 @@ func TestClassify(t *testing.T) {
 		{pg("23505"), Conflict},
 		{pg("23P01"), Conflict},
 		{pg(Unapplied), Conflict},
+		{pg(ResolverError), Fatal},
 		{pg("42P01"), Fatal},
 		{pg("42703"), Fatal},
 		{pg("22P02"), Fatal},
