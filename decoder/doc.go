@@ -26,8 +26,13 @@
 //     Unchanged marker of a TOASTed value that was not sent and must be
 //     left alone by the applier.
 //
+//   - Causal dependencies: an AppliedPrefix logical decoding message, which
+//     an applier writes in each remote transaction it applies, becomes a
+//     Dependency in Txn.Applied, in filtered transactions too (that is
+//     where they are: the provider applied them from another node).
+//
 // It only reads: no network, no SQL. Messages it does not use (Type, and
-// logical decoding messages) are ignored; messages it does not know
+// other logical decoding messages) are ignored; messages it does not know
 // (e.g. two-phase commit ones) and messages out of protocol order are
 // errors matching ErrProtocol.
 //
