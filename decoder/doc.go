@@ -7,6 +7,7 @@
 //   - The relation cache: every Relation message replaces the cached
 //     description of its relation id with a new immutable *Relation, so a
 //     Change carries the description that was current when it was decoded.
+//
 //   - The origin filter (DESIGN rule 2, for PostgreSQL 15): a transaction
 //     during which an Origin message arrives was replicated into the
 //     provider from another node; its changes are dropped as they arrive and
@@ -14,6 +15,7 @@
 //     the stream can still account for its position. Changes to relations
 //     in Config.SkipSchemas are dropped the same way, but for the tables
 //     of Config.KeepTables.
+//
 //   - Buffering: a transaction's changes stay in memory up to
 //     Config.MemLimit, then move to a spill file in Config.SpillDir.
 //     Streamed in-progress transactions (pgoutput "streaming on") always go
@@ -22,6 +24,7 @@
 //     a stream abort discards the whole transaction or the changes of one
 //     subtransaction. Memory use does not grow with the size of a
 //     transaction.
+//
 //   - Column values as pgoutput sends them: Null, Text, Binary, and the
 //     Unchanged marker of a TOASTed value that was not sent and must be
 //     left alone by the applier.
