@@ -185,8 +185,10 @@ func (d *Decoder) Decode(data []byte) (*Txn, error) {
 		return d.streamCommit(m)
 	case *pglogrepl.StreamAbortMessageV2:
 		return nil, d.streamAbort(m)
-	case *pglogrepl.TypeMessageV2, *pglogrepl.LogicalDecodingMessageV2:
-		return nil, nil // not used: types come with the relation, messages are not replicated
+	case *pglogrepl.LogicalDecodingMessageV2:
+		return nil, d.message(m)
+	case *pglogrepl.TypeMessageV2:
+		return nil, nil // not used: types come with the relation
 	}
 	return nil, protoErrorf("decode %s: unexpected message %T", name, msg)
 }
