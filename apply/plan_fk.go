@@ -23,7 +23,11 @@ import (
 //
 // The check is a statement after the change, in the same pipeline: for a
 // child row, whether each parent it references exists; for a DELETE,
-// whether local rows reference the deleted key. A parent DELETE is checked
+// whether local rows reference the deleted key. The parent found is locked
+// FOR KEY SHARE, as PostgreSQL's own check does: a parent DELETE applied
+// from another peer at the same time then waits for this transaction (and
+// sees its child), or this check waits for it (and sees the parent gone),
+// so that one of the two records the orphan. A parent DELETE is checked
 // only for foreign keys on its replica identity columns (all a DELETE
 // carries); checking children costs a scan of each child table without an
 // index on its referencing columns, as PostgreSQL's own check would.
@@ -171,7 +175,7 @@ func (p *plan) parentCheckSQL(mask string, update bool) string {
 		}
 		reason := fmt.Sprintf("'the remote row references %s (%s) = (' || concat_ws(', ', %s) || '), which does not exist here (foreign key %s); applied as on every node: apply does not enforce foreign keys'",
 			quoteLiteral(fk.other), quoteLiteral(strings.Join(fk.otherCols, ", ")), strings.Join(vals, ", "), quoteLiteral(fk.name))
-		checks = append(checks, fmt.Sprintf("SELECT %s AS reason, NULL::jsonb AS row WHERE %s AND NOT EXISTS (SELECT 1 FROM %s r WHERE %s)",
+		checks = append(checks, fmt.Sprintf("SELECT %s AS reason, NULL::jsonb AS row WHERE %s AND NOT EXISTS (SELECT 1 FROM %s r WHERE %s FOR KEY SHARE OF r)",
 			reason, strings.Join(notNull, " AND "), fk.other, strings.Join(conds, " AND ")))
 	}
 	if len(checks) == 0 {
