@@ -205,54 +205,66 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 		indexes[i] = fmt.Sprintf("CASE WHEN %s THEN '%s:%s' END", c.cond, c.typ, strings.ReplaceAll(c.index, "'", "''"))
 	}
 	in := conflict.Inputs{Found: "true", Same: "false", LocalTS: "v.lts", LocalNode: "v.lnode",
-		RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int")}
-	wins := conflict.RemoteWinsSQL(in)
+		RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int"), Resolver: stmtResolvers}
+	// byType is the expression of each of the three types, by the
+	// collision's type (v.ctype).
+	byType := func(expr func(t conflict.Type) string) string {
+		return fmt.Sprintf("CASE v.ctype WHEN '%s' THEN %s WHEN '%s' THEN %s ELSE %s END",
+			conflict.UniqueSecondary, expr(conflict.UniqueSecondary), conflict.PKChange, expr(conflict.PKChange),
+			expr(conflict.MultipleUnique))
+	}
+	wins := byType(func(t conflict.Type) string { return conflict.WinsSQL(in, t) })
+	// Only the resolvers under which every node keeps the same row delete
+	// the row of a losing remote UPDATE (keep_local keeps the local rows).
+	converging := byType(func(t conflict.Type) string {
+		return fmt.Sprintf("(%s IN ('%s', '%s'))", stmtResolvers(t), conflict.ResolverLastUpdateWins, conflict.ResolverFirstUpdateWins)
+	})
+	resolution := byType(func(t conflict.Type) string { return conflict.ResolutionSQL(in, t, "v.wins") })
+	reason := byType(func(t conflict.Type) string { return conflict.ReasonSQL(in, t) })
 	// The type of a collision: the index's, or multiple_unique when the
 	// remote row collides on more than one index (with this row or others).
-	typ := fmt.Sprintf("CASE WHEN (SELECT count(DISTINCT x) FROM c, unnest(c.indexes) x) > 1 THEN '%s' ELSE split_part(v.indexes[1], ':', 1) END",
+	typ := fmt.Sprintf("CASE WHEN (SELECT count(DISTINCT x) FROM c, unnest(c.indexes) x) > 1 THEN '%s' ELSE split_part(c.indexes[1], ':', 1) END",
 		conflict.MultipleUnique)
 	lost := "EXISTS (SELECT 1 FROM w WHERE NOT w.wins)"
 	targetGone := ""
 	loserFate := "the remote row is not inserted"
 	if update {
 		targetGone = fmt.Sprintf(`, k AS (
-	DELETE FROM ONLY %s t WHERE %s AND %s RETURNING 1
-)`, p.table, target, lost)
-		loserFate = "the remote update is not applied and its row is deleted"
+	DELETE FROM ONLY %s t WHERE %s AND EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging) RETURNING 1
+)`, p.table, target)
+		loserFate = "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
 	}
-	remote, local := versionText(remoteTS, setting(setRemoteID, "int")), versionText("v.lts", "v.lnode")
-	return fmt.Sprintf(`WITH c AS (
+	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
 		array_remove(ARRAY[%s], NULL) AS indexes
 	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) ts ON true
 	WHERE (%s) AND NOT (%s)
 	FOR UPDATE OF t
 ), v AS (
-	SELECT c.*, %s AS lnode FROM c
+	SELECT c.*, %s AS lnode, %s AS ctype FROM c
 ), w AS (
-	SELECT v.*, %s AS wins FROM v
+	SELECT v.*, %s AS wins, %s AS converging FROM v
 ), d AS (
 	DELETE FROM ONLY %s t USING w WHERE t.ctid = w.tid AND w.wins RETURNING 1
 )%s, h AS (
 	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
 		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
 		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
-	SELECT %s, %s, %s, %s, $1::text, $2::text, %s, r.resolution, r.reason,
-		pg_catalog.to_jsonb(v.row), v.lts, v.lnode, %s, %s, %s, %s
-	FROM w v, LATERAL (SELECT CASE WHEN v.wins THEN '%s' ELSE '%s' END AS resolution,
+	SELECT %s, %s, %s, %s, $1::text, $2::text, v.ctype, %s,
 		'collides on ' || array_to_string(array(SELECT split_part(x, ':', 2) FROM unnest(v.indexes) x), ', ') || ': ' ||
-		CASE WHEN v.wins THEN 'remote ' || %s || ' is newer than local ' || %s || '; the local row is deleted'
-		ELSE 'local ' || %s || ' is newer than or ties with remote ' || %s || '; ' || '%s' END AS reason) r
+		%s || '; ' || CASE WHEN v.wins THEN 'the local row is deleted' ELSE '%s' END,
+		pg_catalog.to_jsonb(v.row), v.lts, v.lnode, %s, %s, %s, %s
+	FROM w v
 	WHERE v.wins OR v.tid = (SELECT x.tid FROM w x WHERE NOT x.wins ORDER BY x.lts DESC NULLS LAST, x.lnode DESC LIMIT 1)
 	RETURNING conflict_type
 )
 SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN h ON true`,
+		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique),
 		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
-		nodeOf("c.lro"), wins,
+		nodeOf("c.lro"), typ, wins, converging,
 		p.table, targetGone,
 		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
-		typ, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
-		conflict.KeepRemote, conflict.KeepLocal, remote, local, local, remote, loserFate,
+		resolution, reason, loserFate, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
 		setSkip, lost)
 }
 
