@@ -199,3 +199,43 @@ func TestKeyChange(t *testing.T) {
 		})
 	}
 }
+
+// TestUniqueResolver: the resolver of unique_secondary, set on one node,
+// decides on every node: under first_update_wins the earlier of two rows
+// with one email stays everywhere; under error the other's insert is
+// parked on each node.
+func TestUniqueResolver(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t)[:2], "ures", grouptest.Options{ErrorRetry: time.Hour}, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE)`)
+		first.Exec(`CREATE TABLE strict (id int PRIMARY KEY, email text UNIQUE)`)
+	})
+	a, b := nodes[0], nodes[1]
+	a.Exec(`SELECT bdr.alter_table_conflict_resolver('users', 'unique_secondary', 'first_update_wins')`)
+	a.Exec(`SELECT bdr.alter_table_conflict_resolver('strict', 'unique_secondary', 'error')`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	for _, n := range nodes {
+		n.Stop()
+	}
+	a.Exec(`INSERT INTO users VALUES (1, 'x')`)
+	a.Exec(`INSERT INTO strict VALUES (1, 'x')`)
+	time.Sleep(5 * time.Millisecond)
+	b.Exec(`INSERT INTO users VALUES (2, 'x')`)
+	b.Exec(`INSERT INTO strict VALUES (2, 'x')`)
+	for _, n := range nodes {
+		n.Start()
+	}
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	for _, n := range nodes {
+		if got := n.QueryText(`SELECT string_agg(id::text, ' ' ORDER BY id) FROM users`); got != "1" {
+			t.Errorf("%s: users %q, want the earlier row 1", n.Name, got)
+		}
+		if got := n.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE table_name = 'users'
+			AND conflict_type = 'unique_secondary' AND resolution LIKE 'first_update_wins_%'`); got != 1 {
+			t.Errorf("%s: %d first_update_wins records, want 1", n.Name, got)
+		}
+		if got := n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked' AND 'public.strict' = ANY (tables)`); got != 1 {
+			t.Errorf("%s: %d parked transactions on strict, want 1", n.Name, got)
+		}
+	}
+}
