@@ -53,14 +53,9 @@ var (
 	// stmtClaim marks a parked transaction applied by the transaction that
 	// applies it (park.go).
 	stmtClaim = stmt{"bdr_claim", "SELECT bdr.claim_parked($1::bigint, $2::text)"}
-	// stmtApplied writes, in the local transaction that applies a remote
-	// one, that the peer's transaction ending at $1 is applied: every local
-	// transaction that commits later, on rows it changed, comes after it in
-	// this node's WAL, and the other subscribers wait for it (causal.go).
-	stmtApplied = stmt{"bdr_applied", "SELECT pg_catalog.pg_logical_emit_message(true, '" + decoder.AppliedPrefix + "', $1::text)"}
 )
 
-var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtRecordSetup, stmtCheck, stmtPosition, stmtClaim, stmtApplied}
+var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtRecordSetup, stmtCheck, stmtPosition, stmtClaim}
 
 // resolveWindow is how many transactions are applied with resolving
 // statements after one needed them, before fast statements are tried again.
@@ -77,10 +72,6 @@ type applier struct {
 	relay  *relay
 	track  *tracker
 	pause  *pauser
-	// causal knows this node's other streams; deps are the dependencies
-	// (causal.go) of the transactions still to apply.
-	causal *causality
-	deps   depState
 	// errorRetry bounds the retry delay of parked transactions; retryNow
 	// asks for a retry of all of them at once (bdrctl errors retry).
 	errorRetry time.Duration
@@ -122,7 +113,6 @@ const (
 	opChange  // a fast or plain row change
 	opResolve // a resolving row change: returns the conflict recorded
 	opCheck
-	opApplied
 	opCommit
 	opPosition
 	opPrepare
@@ -354,12 +344,8 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 	a.cur = b
 	defer func() { a.cur = nil }()
 	for i, t := range txns {
-		a.deps.note(t.Applied)
 		if skipped(t) {
 			continue
-		}
-		if err := a.awaitDeps(ctx, b); err != nil {
-			return b.done, err
 		}
 		if a.declared {
 			a.dropFullPlans()
@@ -390,8 +376,6 @@ func (a *applier) applyPipelined(ctx context.Context, txns []*decoder.Txn) (int,
 			if counted > 0 {
 				a.send(ctx, stmtCheck, []param{{data: []byte(strconv.Itoa(counted))}}, op{kind: opCheck, txn: i, what: "check"})
 			}
-			a.send(ctx, stmtApplied, []param{{data: []byte(decoder.AppliedContent(a.peer.NodeID, t.EndLSN))}},
-				op{kind: opApplied, txn: i, what: "applied message"})
 			a.send(ctx, stmtCommit, nil, op{kind: opCommit, txn: i, what: "commit"})
 			err = b.syncIfFull(ctx)
 		}

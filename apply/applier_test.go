@@ -132,8 +132,6 @@ func sequence(a *applier) string {
 			parts = append(parts, "resolving "+o.change.String())
 		case opCheck:
 			parts = append(parts, "check")
-		case opApplied:
-			parts = append(parts, "applied")
 		case opCommit:
 			parts = append(parts, "COMMIT")
 		case opPosition:
@@ -167,8 +165,8 @@ func TestStatementSequence(t *testing.T) {
 		kvTxn(t, d, 701, 0x2000, t0.Add(time.Millisecond), update("1", "a2"), del("2")))
 	// The first change of a relation ends the pipeline chunk (position) to
 	// read the local catalog for its plan.
-	if got, want := sequence(a), "BEGIN, origin-setup, position, fast INSERT, fast INSERT, check, applied, COMMIT, "+
-		"BEGIN, origin-setup, fast UPDATE, fast DELETE, check, applied, COMMIT, position"; got != want {
+	if got, want := sequence(a), "BEGIN, origin-setup, position, fast INSERT, fast INSERT, check, COMMIT, "+
+		"BEGIN, origin-setup, fast UPDATE, fast DELETE, check, COMMIT, position"; got != want {
 		t.Errorf("statements:\n got %s\nwant %s", got, want)
 	}
 	var progress string
@@ -192,8 +190,8 @@ func TestStatementSequence(t *testing.T) {
 	apply(kvTxn(t, d, 702, 0x3000, t0.Add(2*time.Millisecond), update("1", "remote"), insert("3", "c")))
 	// (The COMMIT and position sent after the failed check are skipped by
 	// the server.)
-	if got, want := sequence(a), "BEGIN, origin-setup, fast UPDATE, fast INSERT, check, applied, COMMIT, position, "+
-		"BEGIN, origin-setup, resolving UPDATE, resolving INSERT, applied, COMMIT, position"; got != want {
+	if got, want := sequence(a), "BEGIN, origin-setup, fast UPDATE, fast INSERT, check, COMMIT, position, "+
+		"BEGIN, origin-setup, resolving UPDATE, resolving INSERT, COMMIT, position"; got != want {
 		t.Errorf("statements after a conflict:\n got %s\nwant %s", got, want)
 	}
 	var v, typ, res string

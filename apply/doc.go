@@ -22,16 +22,11 @@
 // The slot is confirmed only up to transactions whose local commit is
 // flushed to disk, so a crash of either server loses nothing.
 //
-// Streams of one node keep causal order across each other (causal.go): a
-// transaction a peer committed after applying a third node's transaction
-// waits, boundedly, until this node's stream from that node got there.
-//
 // A supervisor owns each stream: it restarts it from the origin's progress
 // after an error, with backoff, and parks it in a visible error state when
 // the same transaction keeps failing.
 //
 // Concurrency: a Manager is safe for concurrent use. Each stream runs two
 // goroutines (receiver, applier) joined by the relay; the Manager's Run owns
-// and waits for all of them. An applier may wait for another stream's
-// tracker (causality), never while a transaction of its own is open.
+// and waits for all of them.
 package apply

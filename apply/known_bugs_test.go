@@ -74,6 +74,49 @@ func TestKnownBugDeleteBeatsReinsert(t *testing.T) {
 	e.assertSame(t, "")
 }
 
+// TestKnownBugChangeOvertakesInsert: on three nodes, C's stream from A is
+// held up (a local lock on another table A wrote first) while A inserts a
+// row and B, having applied the insert, changes it. C gets B's change first
+// and skips it (update_missing, delete_missing: no row yet), then A's
+// insert arrives and is applied: C keeps A's row, which the others changed
+// or deleted, for good.
+func TestKnownBugChangeOvertakesInsert(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, change, typ string }{
+		{"update", `UPDATE kv SET v = 'b' WHERE k = 5`, "update_missing"},
+		{"delete", `DELETE FROM kv WHERE k = 5`, "delete_missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := divergenceGroup(t, 3, matrixCase{name: "bugcausal" + tc.name})
+			a, b, c := e.nodes[0], e.nodes[1], e.nodes[2]
+			for _, n := range e.nodes {
+				pgtest.Exec(t, e.dsn(n), `CREATE TABLE gate (id int PRIMARY KEY)`)
+			}
+			ctx := context.Background()
+			holder := pgtest.Conn(t, e.dsn(c))
+			if _, err := holder.Exec(ctx, `BEGIN; LOCK TABLE gate IN ACCESS EXCLUSIVE MODE`); err != nil {
+				t.Fatal(err)
+			}
+			e.exec(t, a, `INSERT INTO gate VALUES (1)`)
+			e.exec(t, a, `INSERT INTO kv VALUES (5, 'a')`)
+			pgtest.WaitFor(t, time.Minute, "B to apply A's insert", func() (bool, error) {
+				return e.query(t, b, `SELECT count(*)::text FROM kv WHERE k = 5`) == "1", nil
+			})
+			e.exec(t, b, tc.change)
+			pgtest.WaitFor(t, time.Minute, "C to resSkip B's change", func() (bool, error) {
+				return c.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE schema_name = $1 AND conflict_type = $2`,
+					e.schema, tc.typ) == 1, nil
+			})
+			if _, err := holder.Exec(ctx, `COMMIT`); err != nil {
+				t.Fatal(err)
+			}
+			grouptest.WaitQuiet(t, e.nodes, time.Minute)
+			e.assertSame(t, "")
+		})
+	}
+}
+
 // TestKnownBugConflictRecordMissesConcurrentRow: a remote INSERT applied
 // with the resolving statement meets a row a local transaction has inserted
 // but not committed yet; it waits for it, and once it commits, keeps the

@@ -31,12 +31,8 @@ type Config struct {
 	// lock (lock_timeout); the transaction is then retried. 0 means
 	// DefaultLockTimeout.
 	LockTimeout time.Duration
-	// CausalWait bounds how long a stream waits for another stream of this
-	// node to apply what its peer had applied before a transaction
-	// (causal.go); 0 means DefaultCausalWait.
-	CausalWait time.Duration
-	Logger     *slog.Logger
-	Registry   prometheus.Registerer
+	Logger      *slog.Logger
+	Registry    prometheus.Registerer
 	// WriteStatus publishes stream status into the catalog; nil disables it.
 	WriteStatus func(ctx context.Context, s []catalog.StreamStatus) error
 }
@@ -50,20 +46,17 @@ func (c Config) Validate() error {
 		return errors.New("apply: local dsn is required")
 	case c.DataDir == "":
 		return errors.New("apply: data dir is required")
-	case c.CausalWait < 0:
-		return fmt.Errorf("apply: causal wait %s is negative", c.CausalWait)
 	}
 	return nil
 }
 
 // Manager runs one supervised stream per peer.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	met    *metrics
-	pause  *pauser
-	causal *causality
-	reqs   chan setRequest
+	cfg   Config
+	log   *slog.Logger
+	met   *metrics
+	pause *pauser
+	reqs  chan setRequest
 
 	mu      sync.Mutex
 	streams map[string]*running
@@ -96,7 +89,6 @@ func New(cfg Config) (*Manager, error) {
 		log:     log,
 		met:     newMetrics(cfg.Registry),
 		pause:   newPauser(),
-		causal:  newCausality(cmp.Or(cfg.CausalWait, DefaultCausalWait)),
 		reqs:    make(chan setRequest),
 		streams: map[string]*running{},
 	}, nil
@@ -155,7 +147,6 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			delete(m.streams, name)
 		}
 	}
-	m.causal.set(local.NodeID, m.streams)
 	m.mu.Unlock()
 	for _, r := range stop {
 		r.cancel()
@@ -176,7 +167,7 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 		s := &stream{
 			peer: p, local: local, dataDir: m.cfg.DataDir, binary: m.cfg.Binary,
 			errorRetry: cmp.Or(m.cfg.ErrorRetry, DefaultErrorRetry), lockTimeout: cmp.Or(m.cfg.LockTimeout, DefaultLockTimeout),
-			log: m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause, causal: m.causal,
+			log: m.log.With("peer", p.Name), met: m.met.stream(p.Name), pause: m.pause,
 			wake: make(chan struct{}, 1), retryPark: make(chan struct{}, 1),
 		}
 		s.setState(StateConnecting, nil)
@@ -188,7 +179,6 @@ func (m *Manager) reconcile(ctx context.Context, localID int32, peers []Peer) {
 			s.supervise(sctx)
 		}()
 	}
-	m.causal.set(local.NodeID, m.streams)
 }
 
 // Retry makes the stream from peer, if it is waiting to retry after a lost

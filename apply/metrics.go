@@ -14,8 +14,6 @@ type metrics struct {
 	skipped   *prometheus.CounterVec
 	up        *prometheus.GaugeVec
 	parked    *prometheus.GaugeVec
-	causal    *prometheus.CounterVec
-	causalTO  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,13 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while the stream from the peer is streaming."}, []string{"peer"}),
 		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bdr_parked_transactions",
 			Help: "Transactions from the peer that could not be applied and wait in bdr.apply_errors."}, []string{"peer"}),
-		causal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bdr_causal_waits_total",
-			Help: "Times the stream from the peer waited, before a transaction, for another stream of this node to apply what the peer had applied before it."}, []string{"peer"}),
-		causalTO: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bdr_causal_wait_timeouts_total",
-			Help: "Causal waits of the stream from the peer that ran out (--causal-wait) and went on without the transaction waited for."}, []string{"peer"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.txns, m.rows, m.lag, m.lagBytes, m.received, m.conflicts, m.errors, m.skipped, m.up, m.parked, m.causal, m.causalTO)
+		reg.MustRegister(m.txns, m.rows, m.lag, m.lagBytes, m.received, m.conflicts, m.errors, m.skipped, m.up, m.parked)
 	}
 	return m
 }
@@ -56,7 +50,7 @@ func (m *metrics) forget(peer string) {
 	l := prometheus.Labels{"peer": peer}
 	for _, v := range []*prometheus.MetricVec{m.txns.MetricVec, m.rows.MetricVec, m.lag.MetricVec,
 		m.lagBytes.MetricVec, m.received.MetricVec, m.conflicts.MetricVec, m.errors.MetricVec,
-		m.skipped.MetricVec, m.up.MetricVec, m.parked.MetricVec, m.causal.MetricVec, m.causalTO.MetricVec} {
+		m.skipped.MetricVec, m.up.MetricVec, m.parked.MetricVec} {
 		v.DeletePartialMatch(l)
 	}
 }
@@ -69,29 +63,25 @@ type streamMetrics struct {
 	parked               prometheus.Gauge
 	received             prometheus.Counter
 	skipped              prometheus.Counter
-	causalWaits          prometheus.Counter
-	causalTimeouts       prometheus.Counter
 	conflicts            *prometheus.CounterVec
 	errors               *prometheus.CounterVec
 }
 
 func (m *metrics) stream(peer string) *streamMetrics {
 	return &streamMetrics{
-		txns:           m.txns.WithLabelValues(peer),
-		ins:            m.rows.WithLabelValues(peer, "insert"),
-		upd:            m.rows.WithLabelValues(peer, "update"),
-		del:            m.rows.WithLabelValues(peer, "delete"),
-		trunc:          m.rows.WithLabelValues(peer, "truncate"),
-		lag:            m.lag.WithLabelValues(peer),
-		lagBytes:       m.lagBytes.WithLabelValues(peer),
-		up:             m.up.WithLabelValues(peer),
-		parked:         m.parked.WithLabelValues(peer),
-		received:       m.received.WithLabelValues(peer),
-		skipped:        m.skipped.WithLabelValues(peer),
-		causalWaits:    m.causal.WithLabelValues(peer),
-		causalTimeouts: m.causalTO.WithLabelValues(peer),
-		conflicts:      m.conflicts.MustCurryWith(prometheus.Labels{"peer": peer}),
-		errors:         m.errors.MustCurryWith(prometheus.Labels{"peer": peer}),
+		txns:      m.txns.WithLabelValues(peer),
+		ins:       m.rows.WithLabelValues(peer, "insert"),
+		upd:       m.rows.WithLabelValues(peer, "update"),
+		del:       m.rows.WithLabelValues(peer, "delete"),
+		trunc:     m.rows.WithLabelValues(peer, "truncate"),
+		lag:       m.lag.WithLabelValues(peer),
+		lagBytes:  m.lagBytes.WithLabelValues(peer),
+		up:        m.up.WithLabelValues(peer),
+		parked:    m.parked.WithLabelValues(peer),
+		received:  m.received.WithLabelValues(peer),
+		skipped:   m.skipped.WithLabelValues(peer),
+		conflicts: m.conflicts.MustCurryWith(prometheus.Labels{"peer": peer}),
+		errors:    m.errors.MustCurryWith(prometheus.Labels{"peer": peer}),
 	}
 }
 

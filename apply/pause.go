@@ -47,35 +47,6 @@ func (p *pauser) leave() {
 	p.mu.Unlock()
 }
 
-// yield lets a pause in while the caller, inside and between transactions,
-// waits for something else (another applier, which the pause holds): when
-// a pause is on, it leaves, waits for the resume and enters again. The
-// caller is inside on return, even when ctx ended.
-func (p *pauser) yield(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.paused {
-		return nil
-	}
-	p.active--
-	if p.active == 0 {
-		signal(p.idle)
-	}
-	defer func() { p.active++ }()
-	for p.paused {
-		ch := p.resumed
-		p.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			p.mu.Lock()
-			return ctx.Err()
-		case <-ch:
-		}
-		p.mu.Lock()
-	}
-	return nil
-}
-
 // pause stops new work and waits for work in progress to end. It returns a
 // generation to pass to resume.
 func (p *pauser) pause(ctx context.Context) (uint64, error) {

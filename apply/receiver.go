@@ -32,7 +32,6 @@ type receiver struct {
 	dec    *decoder.Decoder
 	relay  *relay
 	track  *tracker
-	causal *causality
 	met    *streamMetrics
 	log    *slog.Logger
 
@@ -73,8 +72,7 @@ func replDatabaseOID(ctx context.Context, conn *pgconn.PgConn) (uint32, error) {
 	return uint32(oid), nil
 }
 
-// pluginArgs are the pgoutput options: protocol 2, logical decoding
-// messages (the causal dependencies, causal.go), optionally binary
+// pluginArgs are the pgoutput options: protocol 2, optionally binary
 // values. From PostgreSQL 16 the provider itself drops changes that did not
 // originate on it (DESIGN rule 2), and large in-progress transactions are
 // streamed. Before 16 they are not: PostgreSQL 15 streams an in-progress
@@ -91,7 +89,6 @@ func pluginArgs(serverVersion int, binary bool) []string {
 	args := []string{
 		"proto_version '2'",
 		"publication_names '" + strings.Join(pubs, ",") + "'",
-		"messages 'true'",
 	}
 	if binary {
 		args = append(args, "binary 'true'")
@@ -221,12 +218,10 @@ func (r *receiver) handle(ctx context.Context, data []byte) error {
 // deliver hands txn to the applier, reporting status to the provider while
 // the relay is full so the provider does not time the connection out.
 func (r *receiver) deliver(ctx context.Context, txn *decoder.Txn) error {
-	if skipped(txn) && r.causal.satisfied(txn.Applied) && r.track.skip(txn.EndLSN, txn.CommitTime) {
-		// Nothing to apply, no dependency to wait for, and nothing before it
-		// pending: done here, without waking the applier (on PostgreSQL 15
-		// every transaction this node applied comes back from each peer, to
-		// be dropped by origin). A dependency not yet satisfied goes to the
-		// applier, which waits for it before the transactions after it.
+	if skipped(txn) && r.track.skip(txn.EndLSN, txn.CommitTime) {
+		// Nothing to apply and nothing before it pending: done here, without
+		// waking the applier (on PostgreSQL 15 every transaction this node
+		// applied comes back from each peer, to be dropped by origin).
 		r.met.skipped.Inc()
 		return txn.Close()
 	}

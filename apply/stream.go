@@ -87,7 +87,6 @@ type stream struct {
 	log         *slog.Logger
 	met         *streamMetrics
 	pause       *pauser
-	causal      *causality
 	mu          sync.Mutex
 	state       string
 	since       time.Time
@@ -235,12 +234,11 @@ func (s *stream) runOnce(ctx context.Context) (err error) {
 	track := newTracker(start)
 	rl := newRelay(relayItems, relayBytes)
 	defer rl.drain()
-	rcv := &receiver{peer: s.peer, local: s.local, binary: s.binary, conn: rconn, dec: dec, relay: rl, track: track,
-		causal: s.causal, met: s.met, log: s.log}
+	rcv := &receiver{peer: s.peer, local: s.local, binary: s.binary, conn: rconn, dec: dec, relay: rl, track: track, met: s.met, log: s.log}
 	if err := rcv.start(ctx, start); err != nil {
 		return err
 	}
-	app.log, app.met, app.relay, app.track, app.pause, app.causal = s.log, s.met, rl, track, s.pause, s.causal
+	app.log, app.met, app.relay, app.track, app.pause = s.log, s.met, rl, track, s.pause
 	app.errorRetry, app.retryNow, app.parks.count = s.errorRetry, s.retryPark, &s.parked
 	s.mu.Lock()
 	s.track = track

@@ -27,9 +27,6 @@ type tracker struct {
 	processed   decoder.LSN // end of the last transaction done
 	lastCommit  time.Time   // commit time of the last transaction applied
 	lastApplied time.Time   // when it was applied
-	// moved, made by a waiter (reached), is closed when processed or
-	// confirm moves on.
-	moved chan struct{}
 }
 
 type trackEntry struct {
@@ -79,7 +76,6 @@ func (t *tracker) doneLocked(local decoder.LSN, applied bool) {
 	e.local = local
 	t.applied++
 	t.processed = e.end
-	t.wake()
 	if applied {
 		t.lastCommit = e.commit
 		t.lastApplied = time.Now()
@@ -108,15 +104,6 @@ func (t *tracker) advance() {
 	if n > 0 {
 		t.queue = append(t.queue[:0], t.queue[n:]...)
 		t.applied -= n
-		t.wake()
-	}
-}
-
-// wake tells the waiters of reached that the position moved.
-func (t *tracker) wake() {
-	if t.moved != nil {
-		close(t.moved)
-		t.moved = nil
 	}
 }
 
@@ -149,7 +136,6 @@ func (t *tracker) confirmable(decoderIdle bool) decoder.LSN {
 		if t.serverEnd > t.processed {
 			t.processed = t.serverEnd
 		}
-		t.wake()
 	}
 	return t.confirm
 }
@@ -190,23 +176,5 @@ func (t *tracker) position() (decoder.LSN, time.Time) {
 func (t *tracker) processedPast(lsn uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.pastLocked(lsn)
-}
-
-func (t *tracker) pastLocked(lsn uint64) bool {
 	return uint64(t.processed) >= lsn || (len(t.queue) == 0 && uint64(t.confirm) >= lsn)
-}
-
-// reached is processedPast; when lsn is not reached, it also returns a
-// channel closed when the position moves on.
-func (t *tracker) reached(lsn decoder.LSN) (bool, <-chan struct{}) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.pastLocked(uint64(lsn)) {
-		return true, nil
-	}
-	if t.moved == nil {
-		t.moved = make(chan struct{})
-	}
-	return false, t.moved
 }

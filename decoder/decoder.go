@@ -185,10 +185,8 @@ func (d *Decoder) Decode(data []byte) (*Txn, error) {
 		return d.streamCommit(m)
 	case *pglogrepl.StreamAbortMessageV2:
 		return nil, d.streamAbort(m)
-	case *pglogrepl.LogicalDecodingMessageV2:
-		return nil, d.message(m)
-	case *pglogrepl.TypeMessageV2:
-		return nil, nil // not used: types come with the relation
+	case *pglogrepl.TypeMessageV2, *pglogrepl.LogicalDecodingMessageV2:
+		return nil, nil // not used: types come with the relation, messages are not replicated
 	}
 	return nil, protoErrorf("decode %s: unexpected message %T", name, msg)
 }

@@ -7,7 +7,6 @@
 //   - The relation cache: every Relation message replaces the cached
 //     description of its relation id with a new immutable *Relation, so a
 //     Change carries the description that was current when it was decoded.
-//
 //   - The origin filter (DESIGN rule 2, for PostgreSQL 15): a transaction
 //     during which an Origin message arrives was replicated into the
 //     provider from another node; its changes are dropped as they arrive and
@@ -15,7 +14,6 @@
 //     the stream can still account for its position. Changes to relations
 //     in Config.SkipSchemas are dropped the same way, but for the tables
 //     of Config.KeepTables.
-//
 //   - Buffering: a transaction's changes stay in memory up to
 //     Config.MemLimit, then move to a spill file in Config.SpillDir.
 //     Streamed in-progress transactions (pgoutput "streaming on") always go
@@ -24,18 +22,12 @@
 //     a stream abort discards the whole transaction or the changes of one
 //     subtransaction. Memory use does not grow with the size of a
 //     transaction.
-//
 //   - Column values as pgoutput sends them: Null, Text, Binary, and the
 //     Unchanged marker of a TOASTed value that was not sent and must be
 //     left alone by the applier.
 //
-//   - Causal dependencies: an AppliedPrefix logical decoding message, which
-//     an applier writes in each remote transaction it applies, becomes a
-//     Dependency in Txn.Applied, in filtered transactions too (that is
-//     where they are: the provider applied them from another node).
-//
 // It only reads: no network, no SQL. Messages it does not use (Type, and
-// other logical decoding messages) are ignored; messages it does not know
+// logical decoding messages) are ignored; messages it does not know
 // (e.g. two-phase commit ones) and messages out of protocol order are
 // errors matching ErrProtocol.
 //

@@ -118,8 +118,7 @@ type Change struct {
 //
 // A Txn whose Origin is not empty was itself replicated into the provider
 // from another node; the decoder drops its changes (DESIGN rule 2) and hands
-// out only the envelope, so the stream can still account for its position,
-// and its Applied dependencies.
+// out only the envelope, so the stream can still account for its position.
 type Txn struct {
 	Xid        uint32
 	CommitLSN  LSN // LSN of the commit record
@@ -127,9 +126,6 @@ type Txn struct {
 	CommitTime time.Time
 	Origin     string // replication origin name of the provider's transaction, "" for local ones
 	Streamed   bool   // arrived as a streamed in-progress transaction
-	// Applied are the dependencies (AppliedPrefix messages) the transaction
-	// carries, the newest per node; kept in filtered transactions too.
-	Applied []Dependency
 
 	changes *changeLog
 }

@@ -69,8 +69,6 @@ type Options struct {
 	ErrorRetry time.Duration
 	// ApplyLockTimeout bounds an apply statement's wait for a local lock; 0 is bdrd's default.
 	ApplyLockTimeout time.Duration
-	// CausalWait is bdrd's --causal-wait; 0 is bdrd's default.
-	CausalWait time.Duration
 	// Token is the operator's admin token. Empty uses SharedToken: nodes
 	// that join each other need the same one (a join passes the operator's
 	// token on to the member it goes through).
@@ -227,7 +225,7 @@ func (n *Node) checkSecrets(password, key string) {
 func (n *Node) Config() daemon.Config {
 	cfg := daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
 		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, ApplyLockTimeout: n.Options.ApplyLockTimeout,
-		CausalWait: n.Options.CausalWait, AdminTokenFile: n.TokenFile, GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
+		AdminTokenFile: n.TokenFile, GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
 		OnWALBudget: n.Options.OnWALBudget, MaxClockSkew: n.Options.MaxClockSkew, Clock: n.Options.Clock}
 	if n.Options.Net != nil {
 		cfg.GossipTransport, cfg.Dial = n.Options.Net.Transport(n.Name), n.Options.Net.Dialer(n.Name)
@@ -247,9 +245,6 @@ func (n *Node) Args() []string {
 	}
 	if n.Options.ApplyLockTimeout != 0 {
 		args = append(args, "--apply-lock-timeout", n.Options.ApplyLockTimeout.String())
-	}
-	if n.Options.CausalWait != 0 {
-		args = append(args, "--causal-wait", n.Options.CausalWait.String())
 	}
 	args = append(args, "--gossip-listen", n.Gossip, "--raft-listen", n.Raft)
 	if n.Options.MaxPeerWAL != 0 {

@@ -44,9 +44,6 @@ type Config struct {
 	// ApplyLockTimeout bounds how long an apply statement waits for a
 	// local lock before its transaction is retried.
 	ApplyLockTimeout time.Duration
-	// CausalWait bounds how long a stream waits for another stream to
-	// apply what its peer had applied before a transaction.
-	CausalWait time.Duration
 
 	GossipListen    string // gossip (TCP and UDP)
 	GossipAdvertise string
@@ -104,7 +101,6 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
 	fs.DurationVar(&cfg.ApplyLockTimeout, "apply-lock-timeout", apply.DefaultLockTimeout, "how long applying a remote change waits for a lock held by a local session before it retries")
-	fs.DurationVar(&cfg.CausalWait, "causal-wait", apply.DefaultCausalWait, "how long applying a peer's transaction waits for this node to apply, from a third node, what the peer had applied from it before (a change must not overtake the insert it follows); then it goes on")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
 	fs.StringVar(&cfg.GossipListen, "gossip-listen", DefaultGossipListen, "`address` (TCP and UDP) of the encrypted gossip between members")
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip `address` other members use (default: --gossip-listen, or this host's address when that is 0.0.0.0)")
@@ -155,7 +151,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		"raft_advertise": &fromFile.RaftAdvertise, "on_wal_budget": &fromFile.OnWALBudget,
 	}
 	bools := map[string]*bool{"binary": &c.Binary, "admin_insecure_loopback": &c.AdminInsecureLoopback}
-	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout, "causal_wait": &c.CausalWait, "max_clock_skew": &c.MaxClockSkew}
+	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout, "max_clock_skew": &c.MaxClockSkew}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
@@ -196,7 +192,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, causal_wait, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_clock_skew, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_clock_skew, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -276,12 +272,6 @@ func (c *Config) Validate() error {
 	}
 	if c.ApplyLockTimeout < 100*time.Millisecond {
 		return fmt.Errorf("--apply-lock-timeout %s is invalid: at least 100ms", c.ApplyLockTimeout)
-	}
-	if c.CausalWait == 0 {
-		c.CausalWait = apply.DefaultCausalWait
-	}
-	if c.CausalWait < 0 {
-		return fmt.Errorf("--causal-wait %s is invalid: negative", c.CausalWait)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

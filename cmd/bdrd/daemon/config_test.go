@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/bdr-dev/bdr/apply"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -42,7 +40,7 @@ apply_lock_timeout: 5s
 		AdminListen: "127.0.0.1:7999", DataDir: "/var/lib/bdrd", LogLevel: "debug", ErrorRetry: time.Minute,
 		AdminInsecureLoopback: true, GossipListen: DefaultGossipListen, GossipKeyFile: "/var/lib/bdrd/group.key",
 		RaftListen: "127.0.0.1:7947", MaxPeerWAL: 512 << 20, OnWALBudget: "alert", MaxClockSkew: 250 * time.Millisecond,
-		ApplyLockTimeout: 5 * time.Second, CausalWait: apply.DefaultCausalWait}
+		ApplyLockTimeout: 5 * time.Second}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("ParseArgs =\n%+v\nwant (the flag wins over the file, public dsn defaults to dsn)\n%+v", cfg, want)
 	}

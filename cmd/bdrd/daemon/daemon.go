@@ -112,7 +112,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		Binary:      cfg.Binary,
 		ErrorRetry:  cfg.ErrorRetry,
 		LockTimeout: cfg.ApplyLockTimeout,
-		CausalWait:  cfg.CausalWait,
 		Logger:      log,
 		Registry:    wrapped,
 		WriteStatus: func(ctx context.Context, s []catalog.StreamStatus) error {
