@@ -33,6 +33,7 @@ Commands:
   join --via ADDR          join the group of the member whose admin API is at ADDR
        [--no-wait]         return once admitted instead of waiting until caught up
        [--force]           replace the user tables the database holds with the group's
+       [--copy-workers N]  copy the rows in at most N sessions (default: bdrd's --copy-workers)
   part NAME                remove node NAME from the group (run against another member)
   leave                    remove this node from the group, from its own side
   status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
@@ -211,17 +212,21 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		via := fs.String("via", "", "admin address of a member to join through")
 		noWait := fs.Bool("no-wait", false, "return once admitted")
 		force := fs.Bool("force", false, "replace the user tables of the database with the group's")
+		workers := fs.Int("copy-workers", 0, "copy the rows in at most this many sessions (0: bdrd's --copy-workers)")
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
 		if *via == "" {
 			return usageError{"join needs --via ADDR"}
 		}
+		if *workers < 0 {
+			return usageError{"join: --copy-workers must be positive"}
+		}
 		cl, err := connect()
 		if err != nil {
 			return err
 		}
-		return refused(*node, join(ctx, cl.to(*node, time.Minute), adminapi.JoinRequest{Via: *via, Force: *force}, *noWait, stdout))
+		return refused(*node, join(ctx, cl.to(*node, time.Minute), adminapi.JoinRequest{Via: *via, Force: *force, CopyWorkers: *workers}, *noWait, stdout))
 	case "part":
 		if err := parse(fs, rest, 1); err != nil {
 			return err

@@ -1,0 +1,130 @@
+package membership_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/grouptest"
+	"github.com/bdr-dev/bdr/internal/pgcluster"
+	"github.com/bdr-dev/bdr/internal/pgtest"
+)
+
+// TestJoinParallelCopy joins a node whose row copy runs in four sessions
+// (parts of 1 MB: the big table is split by ranges of blocks) onto a group
+// of two under write load. The joiner's bdrd is killed in the middle of
+// the parallel copy twice: once it undoes the join itself when it starts
+// again, once the group parts it first. Each time nothing of it is left
+// anywhere: no slot, no origin (the copy sessions' included), no guard on
+// its partly copied tables. Meanwhile a write to a copied table on the
+// joiner is refused. The third join succeeds: the copy's rows came from
+// several transactions with origins that are gone, and the group
+// converges.
+func TestJoinParallelCopy(t *testing.T) {
+	t.Parallel()
+	s := []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1)}
+	opts := grouptest.Options{Bdrd: bdrdBinary}
+	nodes := grouptest.Group(t, s, "pc", opts, func(first *grouptest.Node) {
+		loadTables(t, first)
+		first.Exec(`CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)`)
+		first.Exec(`INSERT INTO big SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 250000) g`)
+	})
+	jopts := opts
+	jopts.Env = []string{"BDRD_TEST_COPY_PART=1048576"}
+	joiner := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "pcx"), jopts)
+	t.Cleanup(joiner.Stop)
+	l := startLoad(t, nodes, 2, 20)
+	ctx := context.Background()
+
+	// copying waits until the joiner copies rows in several sessions and
+	// returns the copy's progress then.
+	copying := func() *adminapi.CopyProgress {
+		var cp *adminapi.CopyProgress
+		pgtest.WaitFor(t, 2*time.Minute, "a parallel row copy", func() (bool, error) {
+			jp, err := joiner.Client().JoinProgress(ctx)
+			if jp.Done {
+				t.Fatalf("the join ended (%s %s) before its row copy was seen", jp.Phase, jp.Error)
+			}
+			cp = jp.Copy
+			return cp != nil && !cp.Done && slices.ContainsFunc(cp.Tables, func(tp adminapi.TableProgress) bool { return tp.Rows > 0 }), err
+		})
+		if cp.Sessions != 4 {
+			t.Errorf("the row copy runs in %d sessions, want 4", cp.Sessions)
+		}
+		if n := joiner.QueryInt(`SELECT count(*) FROM pg_catalog.pg_replication_origin WHERE pg_catalog.starts_with(roname, bdr.repl_name('_copy'))`); n != 4 {
+			t.Errorf("%d origins of copy sessions during the copy, want 4", n)
+		}
+		return cp
+	}
+	noGuard := func() {
+		pgtest.WaitFor(t, time.Minute, "the copy guard to go", func() (bool, error) {
+			return joiner.QueryInt(`SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgname = 'bdr_copy_guard'`) == 0, nil
+		})
+	}
+
+	// 1. Killed while copying: undone when bdrd starts again.
+	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+		t.Fatal(err)
+	}
+	copying()
+	_, err := pgtest.Conn(t, joiner.DSN).Exec(ctx, `INSERT INTO big VALUES (0, 'written on the joiner while it copies')`)
+	if err == nil || !strings.Contains(err.Error(), "is being copied by a join") {
+		if jp, _ := joiner.Client().JoinProgress(ctx); err != nil || jp.Copy == nil || !jp.Copy.Done {
+			t.Errorf("a write to a table being copied: %v; want it refused", err)
+		} else {
+			t.Log("the copy ended before the write: it went through")
+		}
+	}
+	joiner.Kill()
+	joiner.Start()
+	waitNoTrace(t, joiner, nodes)
+	noGuard()
+	t.Logf("killed during a parallel copy: undone; the joiner holds %d rows of big (the sessions had not committed)", joiner.QueryInt(`SELECT count(*) FROM big`))
+
+	// 2. Killed while copying, parted by the group, then started.
+	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+		t.Fatal(err)
+	}
+	copying()
+	joiner.Kill()
+	if _, err := nodes[0].Client().Part(ctx, joiner.Name); err != nil {
+		t.Fatalf("part %s: %v", joiner.Name, err)
+	}
+	joiner.Start()
+	waitNoTrace(t, joiner, nodes)
+	noGuard()
+
+	// 3. Joined (into the partly copied database, replaced).
+	start := time.Now()
+	grouptest.Join(t, joiner, nodes[1])
+	t.Logf("joined in %s", time.Since(start).Round(100*time.Millisecond))
+	jp, err := joiner.Client().JoinProgress(ctx)
+	if err != nil || jp.Copy == nil || jp.Copy.Sessions != 4 {
+		t.Fatalf("join progress %+v, %v: want a copy in 4 sessions", jp.Copy, err)
+	}
+	noGuard()
+	if n := joiner.QueryInt(`SELECT count(*) FROM pg_catalog.pg_replication_origin WHERE pg_catalog.starts_with(roname, bdr.repl_name('_copy'))`); n != 0 {
+		t.Errorf("%d origins of copy sessions left after the join", n)
+	}
+	// big is not written by the load: its rows are the copy's, written by
+	// several sessions (transactions), each with an origin of its own, and
+	// stamped older than any change.
+	var txns, origins, stamped int64
+	pgtest.Scan(t, joiner.DSN, `SELECT count(DISTINCT big.xmin::text), count(DISTINCT x.roident),
+			count(*) FILTER (WHERE x.timestamp = '2000-01-01 00:00:00.000001+00')
+		FROM big CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(big.xmin) AS x`, nil, &txns, &origins, &stamped)
+	t.Logf("big was copied by %d transactions with %d origins", txns, origins)
+	if txns < 2 || origins < 2 || stamped != 250000 {
+		t.Errorf("big: %d transactions, %d origins, %d rows stamped with the copy's time; want several, several, 250000", txns, origins, stamped)
+	}
+	all := append(slices.Clone(nodes), joiner)
+	l.add(joiner, false)
+	time.Sleep(2 * time.Second)
+	l.stopAndCheck(t)
+	grouptest.WaitQuiet(t, all, 3*time.Minute)
+	grouptest.AssertConverged(t, all)
+	l.checkInserts(t, all)
+}
