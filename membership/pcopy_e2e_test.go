@@ -15,17 +15,20 @@ import (
 
 // TestJoinParallelCopy joins a node whose row copy runs in four sessions
 // (parts of 1 MB: the big table is split by ranges of blocks) onto a group
-// of two under write load. The joiner's bdrd is killed in the middle of
-// the parallel copy twice: once it undoes the join itself when it starts
-// again, once the group parts it first. Each time nothing of it is left
-// anywhere: no slot, no origin (the copy sessions' included), no guard on
-// its partly copied tables. Meanwhile a write to a copied table on the
-// joiner is refused. The third join succeeds: the copy's rows came from
-// several transactions with origins that are gone, and the group
-// converges.
+// of two under write load. The join is broken in the middle of the
+// parallel copy three times: the joiner's bdrd is stopped (it stops at
+// once and undoes the join when it starts again), the via node's
+// PostgreSQL is killed (the join fails and is undone), the joiner's bdrd
+// is killed and the group parts it before it starts again. Each time
+// nothing of the join is left anywhere: no slot, no origin (the copy
+// sessions' included), no guard on the partly copied tables. A write to a
+// copied table on the joiner while it copies is refused. The fourth join
+// succeeds: the copy's rows came from several transactions with origins
+// that are gone, and the group converges.
 func TestJoinParallelCopy(t *testing.T) {
 	t.Parallel()
-	s := []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1)}
+	via := pgtest.Private(t, pgcluster.Options{})
+	s := []*pgcluster.Server{pgtest.Shared(t, 0), via}
 	opts := grouptest.Options{Bdrd: bdrdBinary}
 	nodes := grouptest.Group(t, s, "pc", opts, func(first *grouptest.Node) {
 		loadTables(t, first)
@@ -36,7 +39,7 @@ func TestJoinParallelCopy(t *testing.T) {
 	jopts.Env = []string{"BDRD_TEST_COPY_PART=1048576"}
 	joiner := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "pcx"), jopts)
 	t.Cleanup(joiner.Stop)
-	l := startLoad(t, nodes, 2, 20)
+	l := startLoad(t, nodes, 2, 20, nodes[1])
 	ctx := context.Background()
 
 	// copying waits until the joiner copies rows in several sessions and
@@ -65,7 +68,7 @@ func TestJoinParallelCopy(t *testing.T) {
 		})
 	}
 
-	// 1. Killed while copying: undone when bdrd starts again.
+	// 1. Stopped while copying: undone when bdrd starts again.
 	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
 		t.Fatal(err)
 	}
@@ -78,13 +81,41 @@ func TestJoinParallelCopy(t *testing.T) {
 			t.Log("the copy ended before the write: it went through")
 		}
 	}
-	joiner.Kill()
+	stopped := time.Now()
+	joiner.Stop()
+	if d := time.Since(stopped); d > 5*time.Second {
+		t.Errorf("bdrd took %s to stop during a parallel copy", d.Round(100*time.Millisecond))
+	}
 	joiner.Start()
 	waitNoTrace(t, joiner, nodes)
 	noGuard()
-	t.Logf("killed during a parallel copy: undone; the joiner holds %d rows of big (the sessions had not committed)", joiner.QueryInt(`SELECT count(*) FROM big`))
+	t.Logf("stopped during a parallel copy: undone; the joiner holds %d rows of big (the sessions had not committed)", joiner.QueryInt(`SELECT count(*) FROM big`))
 
-	// 2. Killed while copying, parted by the group, then started.
+	// 2. The via node's PostgreSQL killed while copying: the join fails.
+	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+		t.Fatal(err)
+	}
+	copying()
+	if err := via.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var jp adminapi.JoinProgress
+	pgtest.WaitFor(t, 2*time.Minute, "the join to end", func() (bool, error) {
+		var err error
+		jp, err = joiner.Client().JoinProgress(ctx)
+		return jp.Done, err
+	})
+	if err := via.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the via node's PostgreSQL killed during a parallel copy: join %s: %s", jp.Phase, jp.Error)
+	if jp.Phase != adminapi.PhaseFailed {
+		t.Errorf("join %s, want failed", jp.Phase)
+	}
+	waitNoTrace(t, joiner, nodes)
+	noGuard()
+
+	// 3. Killed while copying, parted by the group, then started.
 	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +128,11 @@ func TestJoinParallelCopy(t *testing.T) {
 	waitNoTrace(t, joiner, nodes)
 	noGuard()
 
-	// 3. Joined (into the partly copied database, replaced).
+	// 4. Joined (into the partly copied database, replaced).
 	start := time.Now()
 	grouptest.Join(t, joiner, nodes[1])
 	t.Logf("joined in %s", time.Since(start).Round(100*time.Millisecond))
-	jp, err := joiner.Client().JoinProgress(ctx)
+	jp, err = joiner.Client().JoinProgress(ctx)
 	if err != nil || jp.Copy == nil || jp.Copy.Sessions != 4 {
 		t.Fatalf("join progress %+v, %v: want a copy in 4 sessions", jp.Copy, err)
 	}
@@ -127,4 +158,42 @@ func TestJoinParallelCopy(t *testing.T) {
 	grouptest.WaitQuiet(t, all, 3*time.Minute)
 	grouptest.AssertConverged(t, all)
 	l.checkInserts(t, all)
+}
+
+// TestJoinRestampsRecentRows checks that a joiner gives the rows written
+// shortly before its join the versions they have on the via node: the
+// commit time and the member that wrote them (the via node itself, or
+// another member through the via node's stream), so that the conflict rule
+// decides on the joiner as it does on the via node.
+func TestJoinRestampsRecentRows(t *testing.T) {
+	t.Parallel()
+	opts := grouptest.Options{Bdrd: bdrdBinary}
+	nodes := grouptest.Group(t, []*pgcluster.Server{pgtest.Shared(t, 0), pgtest.Shared(t, 1)}, "rs", opts, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE r (id int PRIMARY KEY, v text)`)
+	})
+	a, b := nodes[0], nodes[1]
+	a.Exec(`INSERT INTO r SELECT g, 'a' FROM generate_series(1, 100) g`)
+	b.Exec(`INSERT INTO r SELECT g, 'b' FROM generate_series(101, 200) g`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	a.Exec(`UPDATE r SET v = 'a again' WHERE id > 150`)
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	c := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "rsc"), opts)
+	t.Cleanup(c.Stop)
+	grouptest.Join(t, c, b)
+	// versions lists every row's commit time and writer on n.
+	versions := func(n *grouptest.Node) []string {
+		return pgtest.Strings(t, n.DSN, `SELECT pg_catalog.format('%s %s by %s', r.id, x.timestamp,
+				CASE WHEN x.roident = 0 THEN $1 ELSE substr(o.roname, length(bdr.repl_name('')) + 1) END)
+			FROM r CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(r.xmin) AS x
+			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = x.roident ORDER BY r.id`, n.Name)
+	}
+	onB, onC := versions(b), versions(c)
+	if len(onB) != 200 || !slices.Equal(onB, onC) {
+		t.Fatalf("versions on the via node %s and on the joiner %s differ:\n%s\n---\n%s", b.Name, c.Name,
+			strings.Join(onB, "\n"), strings.Join(onC, "\n"))
+	}
+	for _, want := range []string{"1 ", "101 ", "151 "} {
+		i := slices.IndexFunc(onC, func(s string) bool { return strings.HasPrefix(s, want) })
+		t.Logf("row %son %s: %s", want, c.Name, onC[i])
+	}
 }
