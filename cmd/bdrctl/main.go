@@ -46,7 +46,7 @@ Commands:
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
   bench join [flags]       join under pgbench load against pg_dump | pg_restore
-                           (--bdrd PATH --scale 50 --clients 8 --rate 100 --json)
+                           (--bdrd PATH --scale 50 --clients 8 --rate 100 --copy-workers 0 --json)
   bench wan [flags]        pgbench across emulated WAN links: streaming replication,
                            multi-master near writes (one site, all sites), no replication
                            (--bdrd PATH --nodes 2 --rtt 77ms --jitter 0ms --bandwidth 160mbit
@@ -497,6 +497,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.IntVar(&cfg.Scale, "scale", 50, "pgbench scale of the group's database")
 		fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients on each member")
 		fs.IntVar(&cfg.Rate, "rate", 100, "pgbench transactions a second on each member (0: unlimited)")
+		fs.IntVar(&cfg.CopyWorkers, "copy-workers", 0, "the most sessions the measured join copies the rows with (0: bdrd's default)")
 		if err := parse(fs, args[1:], 0); err != nil {
 			return err
 		}
