@@ -67,12 +67,19 @@ func (r JoinResult) Ratio() float64 { return r.Join.Seconds() / r.DumpRestore.Se
 // Report is the result as a table.
 func (r JoinResult) Report() string {
 	return fmt.Sprintf(`join of a third node onto a group holding %d MB, pgbench running on both members
-  bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs in %d sessions: %d rows, %d MB of COPY text)
+  bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs, %s: %d rows, %d MB of COPY text)
   pg_dump | pg_restore                 %8.2fs
   ratio join/dump-restore: %.2f   joiner bdrd peak RSS: %d MB   pgbench transactions during the join: %d
   conflicts the joiner recorded while catching up: %d
-`, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), r.CopySessions, r.CopiedRows, r.CopiedTextBytes>>20,
+`, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), sessions(r.CopySessions), r.CopiedRows, r.CopiedTextBytes>>20,
 		r.DumpRestore.Seconds(), r.Ratio(), r.JoinerPeakRSS>>20, r.PgbenchTxns, r.JoinerConflicts)
+}
+
+func sessions(n int) string {
+	if n == 1 {
+		return "1 session"
+	}
+	return fmt.Sprintf("%d sessions", n)
 }
 
 // RunJoin measures a join under write load against pg_dump | pg_restore of
