@@ -124,7 +124,7 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 	}
 	jp := adminapi.JoinProgress{Phase: adminapi.PhaseAdmitted, Started: now, Updated: now, Message: msg}
 	t := joinTask{via: via, id: admit.NodeID, members: admit.Members, replace: replace,
-		workers: cmp.Or(r.CopyWorkers, s.cfg.CopyWorkers, DefaultCopyWorkers)}
+		workers: cmp.Or(r.CopyWorkers, s.cfg.CopyWorkers, DefaultCopyWorkers())}
 	if err := s.store.Put(state.KeyJoinTask, t.record()); err != nil {
 		return adminapi.JoinProgress{}, err
 	}

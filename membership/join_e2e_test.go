@@ -273,9 +273,9 @@ func TestJoinSkipsCopy(t *testing.T) {
 		copied := n.QueryInt(`SELECT pg_total_relation_size('big')`)
 		for _, m := range nodes[:len(nodes)-1] {
 			got := metricValue(t, m, "bdr_receive_bytes_total", `peer="`+n.Name+`"`)
-			t.Logf("%s received %.0f bytes from %s, which holds a copy of %d bytes made by %d sessions", m.Name, got, n.Name, copied, workers)
+			t.Logf("%s received %.0f bytes from %s, which holds a copy of %d bytes made in %d session(s)", m.Name, got, n.Name, copied, workers)
 			if got < 0 || got > 1<<20 {
-				t.Errorf("%s received %.0f bytes from the joiner %s: the copy (%d bytes, %d sessions) came back", m.Name, got, n.Name, copied, workers)
+				t.Errorf("%s received %.0f bytes from the joiner %s: the copy (%d bytes, %d session(s)) came back", m.Name, got, n.Name, copied, workers)
 			}
 		}
 	}

@@ -41,6 +41,7 @@ func TestJoinParallelCopy(t *testing.T) {
 	t.Cleanup(joiner.Stop)
 	l := startLoad(t, nodes, 2, 20, nodes[1])
 	ctx := context.Background()
+	req := adminapi.JoinRequest{Via: nodes[1].Admin, CopyWorkers: 4}
 
 	// copying waits until the joiner copies rows in several sessions and
 	// returns the copy's progress then.
@@ -69,7 +70,7 @@ func TestJoinParallelCopy(t *testing.T) {
 	}
 
 	// 1. Stopped while copying: undone when bdrd starts again.
-	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+	if _, err := joiner.Client().Join(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	copying()
@@ -92,7 +93,7 @@ func TestJoinParallelCopy(t *testing.T) {
 	t.Logf("stopped during a parallel copy: undone; the joiner holds %d rows of big (the sessions had not committed)", joiner.QueryInt(`SELECT count(*) FROM big`))
 
 	// 2. The via node's PostgreSQL killed while copying: the join fails.
-	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+	if _, err := joiner.Client().Join(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	copying()
@@ -116,7 +117,7 @@ func TestJoinParallelCopy(t *testing.T) {
 	noGuard()
 
 	// 3. Killed while copying, parted by the group, then started.
-	if _, err := joiner.Client().Join(ctx, adminapi.JoinRequest{Via: nodes[1].Admin}); err != nil {
+	if _, err := joiner.Client().Join(ctx, req); err != nil {
 		t.Fatal(err)
 	}
 	copying()
@@ -130,7 +131,11 @@ func TestJoinParallelCopy(t *testing.T) {
 
 	// 4. Joined (into the partly copied database, replaced).
 	start := time.Now()
-	grouptest.Join(t, joiner, nodes[1])
+	jctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := joiner.Client().JoinAndWait(jctx, req, 50*time.Millisecond, nil); err != nil {
+		t.Fatalf("join %s: %v", joiner.Name, err)
+	}
 	t.Logf("joined in %s", time.Since(start).Round(100*time.Millisecond))
 	jp, err = joiner.Client().JoinProgress(ctx)
 	if err != nil || jp.Copy == nil || jp.Copy.Sessions != 4 {
@@ -164,7 +169,9 @@ func TestJoinParallelCopy(t *testing.T) {
 // shortly before its join the versions they have on the via node: the
 // commit time and the member that wrote them (the via node itself, or
 // another member through the via node's stream), so that the conflict rule
-// decides on the joiner as it does on the via node.
+// decides on the joiner as it does on the via node. (Versions older than
+// 10 s before the joiner's slots keep the copy's; a slow machine may make
+// some of these rows that old.)
 func TestJoinRestampsRecentRows(t *testing.T) {
 	t.Parallel()
 	opts := grouptest.Options{Bdrd: bdrdBinary}
@@ -172,26 +179,48 @@ func TestJoinRestampsRecentRows(t *testing.T) {
 		first.Exec(`CREATE TABLE r (id int PRIMARY KEY, v text)`)
 	})
 	a, b := nodes[0], nodes[1]
+	c := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "rsc"), opts)
+	t.Cleanup(c.Stop)
 	a.Exec(`INSERT INTO r SELECT g, 'a' FROM generate_series(1, 100) g`)
 	b.Exec(`INSERT INTO r SELECT g, 'b' FROM generate_series(101, 200) g`)
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	a.Exec(`UPDATE r SET v = 'a again' WHERE id > 150`)
 	grouptest.WaitQuiet(t, nodes, time.Minute)
-	c := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "rsc"), opts)
-	t.Cleanup(c.Stop)
 	grouptest.Join(t, c, b)
-	// versions lists every row's commit time and writer on n.
-	versions := func(n *grouptest.Node) []string {
-		return pgtest.Strings(t, n.DSN, `SELECT pg_catalog.format('%s %s by %s', r.id, x.timestamp,
-				CASE WHEN x.roident = 0 THEN $1 ELSE substr(o.roname, length(bdr.repl_name('')) + 1) END)
+	// Versions newer than this are restamped whatever the join took.
+	bound := time.Now().Add(-10 * time.Second)
+	// versions lists every row's commit time and writer on n, and whether
+	// the time is before bound.
+	versions := func(n *grouptest.Node) ([]string, []bool) {
+		rows := pgtest.Strings(t, n.DSN, `SELECT pg_catalog.format('%s %s by %s|%s', r.id, x.timestamp,
+				CASE WHEN x.roident = 0 THEN $1 ELSE substr(o.roname, length(bdr.repl_name('')) + 1) END, x.timestamp < $2)
 			FROM r CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(r.xmin) AS x
-			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = x.roident ORDER BY r.id`, n.Name)
+			LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = x.roident ORDER BY r.id`, n.Name, bound)
+		lines, old := make([]string, len(rows)), make([]bool, len(rows))
+		for i, r := range rows {
+			line, o, _ := strings.Cut(r, "|")
+			lines[i], old[i] = line, o == "true"
+		}
+		return lines, old
 	}
-	onB, onC := versions(b), versions(c)
-	if len(onB) != 200 || !slices.Equal(onB, onC) {
-		t.Fatalf("versions on the via node %s and on the joiner %s differ:\n%s\n---\n%s", b.Name, c.Name,
-			strings.Join(onB, "\n"), strings.Join(onC, "\n"))
+	onB, oldOnB := versions(b)
+	onC, _ := versions(c)
+	if len(onB) != 200 || len(onC) != 200 {
+		t.Fatalf("%d rows on %s, %d on %s; want 200", len(onB), b.Name, len(onC), c.Name)
 	}
+	checked := 0
+	for i := range onB {
+		copied := strings.HasSuffix(onC[i], " 2000-01-01 00:00:00.000001+00 by "+b.Name)
+		switch {
+		case onB[i] == onC[i]:
+			checked++
+		case copied && oldOnB[i]:
+			// Older than the restamp window: it keeps the copy's version.
+		default:
+			t.Errorf("row version on the via node %s: %s; on the joiner %s: %s", b.Name, onB[i], c.Name, onC[i])
+		}
+	}
+	t.Logf("%d of 200 rows have the via node's version on the joiner (the others were older than the restamp window)", checked)
 	for _, want := range []string{"1 ", "101 ", "151 "} {
 		i := slices.IndexFunc(onC, func(s string) bool { return strings.HasPrefix(s, want) })
 		t.Logf("row %son %s: %s", want, c.Name, onC[i])

@@ -56,7 +56,7 @@ type Config struct {
 	PGBinDir  string // where pg_dump is, for the join's schema copy
 	// CopyWorkers is the most sessions a join's row copy uses, unless the
 	// join asks otherwise (adminapi.JoinRequest.CopyWorkers); 0 means
-	// DefaultCopyWorkers.
+	// DefaultCopyWorkers().
 	CopyWorkers int
 	// CopyPart is the least a session of the row copy takes at a time, and
 	// half the least a database is for a parallel copy; 0 means

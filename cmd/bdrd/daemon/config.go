@@ -113,7 +113,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.Var(&cfg.MaxPeerWAL, "max-peer-wal", "WAL a slot may keep for a down peer (`size`, e.g. 16GB, 512MB) before --on-wal-budget acts; warned at 80%")
 	fs.StringVar(&cfg.OnWALBudget, "on-wal-budget", "part", "when a down peer's slot keeps more WAL than --max-peer-wal: part (remove the peer through the group, releasing the WAL) or alert (keep it, only alert)")
 	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", membership.DefaultMaxClockSkew, "how far a member's clock may be from this node's before it is flagged in status, logged and alerted on (last update wins is only as good as the clocks)")
-	fs.IntVar(&cfg.CopyWorkers, "copy-workers", membership.DefaultCopyWorkers, "the most sessions a join of this node copies the group's rows with, in parallel (1: one session, one transaction); a bdrctl join may ask for another number")
+	fs.IntVar(&cfg.CopyWorkers, "copy-workers", membership.DefaultCopyWorkers(), "the most sessions a join of this node copies the group's rows with, in parallel (1: one session, one transaction); a bdrctl join may ask for another number")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "`file` holding the token every admin API call must present (bdrctl: $BDRCTL_TOKEN or --token-file)")
 	fs.BoolVar(&cfg.AdminInsecureLoopback, "admin-insecure-loopback", false, "serve the admin API without a token on a loopback --admin-listen (anyone on this host can use it)")
 	if err := fs.Parse(args); err != nil {
@@ -287,7 +287,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--apply-lock-timeout %s is invalid: at least 100ms", c.ApplyLockTimeout)
 	}
 	if c.CopyWorkers == 0 {
-		c.CopyWorkers = membership.DefaultCopyWorkers
+		c.CopyWorkers = membership.DefaultCopyWorkers()
 	}
 	if c.CopyWorkers < 1 || c.CopyWorkers > membership.MaxCopyWorkers {
 		return fmt.Errorf("--copy-workers %d is invalid: want 1 to %d", c.CopyWorkers, membership.MaxCopyWorkers)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bdr-dev/bdr/membership"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -50,7 +52,7 @@ copy_workers: 2
 		t.Fatal(err)
 	}
 	if cfg.AdminListen != DefaultAdminListen || cfg.LogLevel != "info" || cfg.MaxPeerWAL != 16<<30 ||
-		cfg.OnWALBudget != "part" || cfg.RaftAdvertise == "" || cfg.MaxClockSkew != time.Second || cfg.CopyWorkers != 4 {
+		cfg.OnWALBudget != "part" || cfg.RaftAdvertise == "" || cfg.MaxClockSkew != time.Second || cfg.CopyWorkers != membership.DefaultCopyWorkers() {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if _, err := ParseArgs([]string{"--config", file, "--log-level", "loud"}, io.Discard); err == nil {
