@@ -26,6 +26,9 @@ type JoinConfig struct {
 	Rate     int       // pgbench transactions a second on each member (0: as fast as it goes)
 	Dir      string    // parent directory for the servers ("" = temp)
 	Progress io.Writer // progress lines; nil = none
+	// CopyWorkers is the most sessions the measured join copies the rows
+	// with (0: bdrd's --copy-workers).
+	CopyWorkers int
 }
 
 // Validate checks the configuration.
@@ -33,8 +36,8 @@ func (c JoinConfig) Validate() error {
 	switch {
 	case c.Bdrd == "":
 		return errors.New("bench join: the bdrd binary is required (--bdrd)")
-	case c.Scale < 1 || c.Clients < 1 || c.Rate < 0:
-		return errors.New("bench join: scale and clients must be at least 1 and the rate not negative")
+	case c.Scale < 1 || c.Clients < 1 || c.Rate < 0 || c.CopyWorkers < 0:
+		return errors.New("bench join: scale and clients must be at least 1, the rate and copy workers not negative")
 	}
 	if _, err := os.Stat(c.Bdrd); err != nil {
 		return fmt.Errorf("bench join: bdrd binary: %w", err)
@@ -47,6 +50,7 @@ type JoinResult struct {
 	DatabaseBytes   int64         `json:"database_bytes"`
 	Join            time.Duration `json:"join_ns"`              // bdrctl join, admitted to caught up, under load
 	Copy            time.Duration `json:"copy_ns"`              // of which the row copy
+	CopySessions    int           `json:"copy_sessions"`        // in that many sessions
 	DumpRestore     time.Duration `json:"dump_restore_ns"`      // pg_dump | pg_restore, same servers, same load
 	PgbenchTxns     int64         `json:"pgbench_transactions"` // committed on the members during the join
 	JoinerPeakRSS   int64         `json:"joiner_bdrd_peak_rss_bytes"`
@@ -63,12 +67,19 @@ func (r JoinResult) Ratio() float64 { return r.Join.Seconds() / r.DumpRestore.Se
 // Report is the result as a table.
 func (r JoinResult) Report() string {
 	return fmt.Sprintf(`join of a third node onto a group holding %d MB, pgbench running on both members
-  bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs: %d rows, %d MB of COPY text)
+  bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs, %s: %d rows, %d MB of COPY text)
   pg_dump | pg_restore                 %8.2fs
   ratio join/dump-restore: %.2f   joiner bdrd peak RSS: %d MB   pgbench transactions during the join: %d
   conflicts the joiner recorded while catching up: %d
-`, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), r.CopiedRows, r.CopiedTextBytes>>20,
+`, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), sessions(r.CopySessions), r.CopiedRows, r.CopiedTextBytes>>20,
 		r.DumpRestore.Seconds(), r.Ratio(), r.JoinerPeakRSS>>20, r.PgbenchTxns, r.JoinerConflicts)
+}
+
+func sessions(n int) string {
+	if n == 1 {
+		return "1 session"
+	}
+	return fmt.Sprintf("%d sessions", n)
 }
 
 // RunJoin measures a join under write load against pg_dump | pg_restore of
@@ -165,7 +176,7 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 	say("join of the third node through the second, under load")
 	start := time.Now()
 	var last adminapi.JoinProgress
-	err = nodes[2].client.JoinAndWait(ctx, adminapi.JoinRequest{Via: nodes[1].admin}, 200*time.Millisecond, func(jp adminapi.JoinProgress) {
+	err = nodes[2].client.JoinAndWait(ctx, adminapi.JoinRequest{Via: nodes[1].admin, CopyWorkers: cfg.CopyWorkers}, 200*time.Millisecond, func(jp adminapi.JoinProgress) {
 		if jp.Phase != last.Phase || (jp.Message != last.Message && jp.Phase != adminapi.PhaseCatchingUp) {
 			say("join at %6.1fs: %s: %s", time.Since(start).Seconds(), jp.Phase, jp.Message)
 		}
@@ -187,7 +198,7 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 			res.CopiedRows += t.Rows
 			res.CopiedTextBytes += t.Bytes
 		}
-		res.Copy = copyTime(jp)
+		res.Copy, res.CopySessions = copyTime(jp), jp.Copy.Sessions
 	}
 	if err := queryInt(ctx, c.DSN("bench"), `SELECT count(*) FROM bdr.conflict_history`, &res.JoinerConflicts); err != nil {
 		return JoinResult{}, err

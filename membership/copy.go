@@ -1,16 +1,13 @@
 package membership
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -142,13 +139,15 @@ func createSlot(ctx context.Context, dsn, subscriber string) (pglogrepl.LSN, err
 }
 
 // skipCopy moves this node's slots for the members (made before the copy,
-// so that no local write is missed) past the copy's commit, at end. On
-// PostgreSQL 15 every member's walsender would otherwise decode the whole
-// copy, spill it, and send it over the network, for the member to drop it
-// by origin. No local write is skipped: the copy created the tables (or
-// replaced them, dropping what was written to the old ones), so whatever
-// commits after it is past end. Advancing only reads the WAL. Skipping is
-// an optimization: a join resumed after a crash before it just streams more.
+// so that no local write is missed) past the copy's last commit, at end.
+// On PostgreSQL 15 every member's walsender would otherwise decode the
+// whole copy, spill it, and send it over the network, for the member to
+// drop it by origin. No local write is skipped: the copy created the tables
+// (or replaced them, dropping what was written to the old ones), and until
+// its last commit nothing but the copy could write them (one transaction,
+// or the guard of a parallel copy), so whatever commits after it is past
+// end. Advancing only reads the WAL. Skipping is an optimization: a join
+// resumed after a crash before it just streams more.
 func skipCopy(ctx context.Context, db catalog.DB, localOID uint32, members []adminapi.Node, end pglogrepl.LSN) error {
 	for _, m := range members {
 		slot := catalog.SlotName(localOID, m.Name)
@@ -260,23 +259,38 @@ type copyJob struct {
 	binDir, viaDSN, snapshot, localDSN string
 	stamp                              copyStamp
 	// replace drops the user objects of the local database first (in the
-	// same transaction).
-	replace  bool
+	// transaction that creates the tables).
+	replace bool
+	// workers is the most sessions the row copy may use; minPart the
+	// least one of them copies at a time (see planCopy).
+	workers  int
+	minPart  int64
 	phase    func(string)                // a step of the copy
 	progress func(adminapi.CopyProgress) // the row copy, a few times a second
 }
 
-// progressEvery is how often the row copy reports.
-const progressEvery = 250 * time.Millisecond
-
 // copyAll copies schema, rows and sequence values from the via node, as of
-// the snapshot, in ONE local transaction bound to the via node's origin and
-// stamped with the slot's position: the origin's progress commits with the
-// data (DESIGN rule 1), the rows carry copyTime, and a copy that fails
-// leaves the database as it was. Tables are created without their indexes
-// and constraints, which are built after the rows (as pg_restore does).
+// the snapshot. The coordinator's session is bound to the via node's
+// origin and its transactions are stamped with the slot's position and
+// copyTime; the copied rows carry copyTime and an origin, so that every
+// change made after the snapshot wins over them and no member ever applies
+// them. Tables are created without their indexes and constraints, which are
+// built after the rows (as pg_restore does).
+//
+// A small database (see planCopy) is copied in ONE transaction: the via
+// origin's progress commits with the data (DESIGN rule 1) and a copy that
+// fails leaves the database as it was. A larger one is copied by several
+// sessions: the schema commits first, with every table guarded against
+// writes from other sessions (guardTables); each session copies its parts
+// in one transaction bound to an origin of its own (bdr_<oid>__copy<n>,
+// dropped afterwards); then a last transaction of the coordinator drops
+// the guard, sets the sequences, builds the indexes and constraints and
+// commits the via origin's progress. A parallel copy that fails leaves
+// tables partly filled, which the next join replaces.
+//
 // Then rows written shortly before the join get their versions back
-// (restamp). It returns the local end of the copy's commit.
+// (restamp). It returns the local end of the copy's last commit: before it,
+// nothing but the copy wrote the tables.
 func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	stamp := job.stamp
 	origin, lsn := catalog.OriginName(stamp.localOID, stamp.via), stamp.progress[stamp.via]
@@ -294,27 +308,25 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	if err := g.Wait(); err != nil {
 		return 0, err
 	}
-	src, err := pgx.Connect(ctx, job.viaDSN)
+	src, err := copyConnect(ctx, job.viaDSN)
 	if err != nil {
 		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = src.Close(context.Background()) }()
-	dst, err := pgx.Connect(ctx, job.localDSN)
+	dst, err := copyConnect(ctx, job.localDSN)
 	if err != nil {
 		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = dst.Close(context.Background()) }()
 
-	if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+	if err := useSnapshot(ctx, src, job.snapshot); err != nil {
 		return 0, fmt.Errorf("copy data: %w", err)
-	}
-	if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+job.snapshot+"'"); err != nil {
-		return 0, fmt.Errorf("copy data: use snapshot: %w", err)
 	}
 	tables, err := copyTables(ctx, src)
 	if err != nil {
 		return 0, err
 	}
+	plan := planCopy(tables, job.workers, job.minPart)
 	// The recent versions are read while the rows are copied.
 	cctx, cancel := context.WithCancel(ctx)
 	rdst, collected, err := startCollect(cctx, job, tables)
@@ -327,6 +339,10 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 		_, _ = collected() // the collector is done with rdst
 		_ = rdst.Close(context.Background())
 	}()
+	// Origins of the sessions of a copy that did not finish.
+	if err := dropCopyOrigins(ctx, dst, stamp.localOID); err != nil {
+		return 0, err
+	}
 	if _, err := dst.Exec(ctx, "SET session_replication_role = replica"); err != nil {
 		return 0, fmt.Errorf("copy data: %w", err)
 	}
@@ -336,15 +352,11 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	if _, err := dst.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, origin); err != nil {
 		return 0, fmt.Errorf("copy data: bind origin %s: %w", origin, err)
 	}
-	tx, err := dst.Begin(ctx)
+	tx, err := beginStamped(ctx, dst, lsn)
 	if err != nil {
 		return 0, fmt.Errorf("copy data: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.Background()) }()
-	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2::timestamptz)`,
-		lsn.String(), copyTime); err != nil {
-		return 0, fmt.Errorf("copy data: %w", err)
-	}
 	if job.replace {
 		job.phase("dropping the user objects the database holds (replaced by the group's)")
 		if n, err := dropUserObjects(ctx, tx); err != nil {
@@ -359,8 +371,39 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 	if _, err := dst.PgConn().Exec(ctx, pre).ReadAll(); err != nil {
 		return 0, fmt.Errorf("copy schema (tables): %w", err)
 	}
-	if err := copyRows(ctx, src.PgConn(), dst.PgConn(), tables, job); err != nil {
+	if plan.sessions > 1 {
+		if _, err := guardTables(ctx, tx); err != nil {
+			return 0, err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return 0, fmt.Errorf("copy schema: commit: %w", err)
+		}
+		job.phase(fmt.Sprintf("copying the rows of %d tables in %d sessions (%d parts)", len(tables), plan.sessions, len(plan.parts)))
+	} else {
+		job.phase(fmt.Sprintf("copying the rows of %d tables", len(tables)))
+	}
+	err = copyRows(ctx, src.PgConn(), dst.PgConn(), tables, plan, job)
+	if plan.sessions > 1 && ctx.Err() == nil {
+		// The sessions are over: their origins go (when bdrd stops, the
+		// undo at its next start drops them).
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), peerTimeout)
+		derr := dropCopyOrigins(dctx, dst, stamp.localOID)
+		cancel()
+		if err == nil {
+			err = derr
+		}
+	}
+	if err != nil {
 		return 0, err
+	}
+	if plan.sessions > 1 {
+		// The deferred rollback above ends this one too.
+		if tx, err = beginStamped(ctx, dst, lsn); err != nil {
+			return 0, fmt.Errorf("copy data: %w", err)
+		}
+		if err := unguardTables(ctx, tx); err != nil {
+			return 0, err
+		}
 	}
 	if err := copySequences(ctx, src, tx); err != nil {
 		return 0, err
@@ -377,7 +420,8 @@ func copyAll(ctx context.Context, job copyJob) (end pglogrepl.LSN, err error) {
 		return 0, fmt.Errorf("copy data: commit: %w", err)
 	}
 	// The origin's local_lsn is the end of the commit just made: no other
-	// session can bind the origin while this one holds it.
+	// session can bind the origin while this one holds it. The sessions'
+	// commits came before.
 	var local string
 	if err := dst.QueryRow(ctx, `SELECT local_lsn::text FROM pg_catalog.pg_replication_origin_status WHERE external_id = $1`,
 		origin).Scan(&local); err != nil {
@@ -429,11 +473,8 @@ func startCollect(ctx context.Context, job copyJob, tables []tableCopy) (*pgx.Co
 	go func() {
 		defer func() { _ = src.Close(context.Background()) }()
 		done <- func() error {
-			if _, err := src.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+			if err := useSnapshot(ctx, src, job.snapshot); err != nil {
 				return fmt.Errorf("restamp: %w", err)
-			}
-			if _, err := src.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+job.snapshot+"'"); err != nil {
-				return fmt.Errorf("restamp: use snapshot: %w", err)
 			}
 			for i, t := range tables {
 				v, err := collectVersions(ctx, src, dst, t, i, job.stamp)
@@ -449,159 +490,6 @@ func startCollect(ctx context.Context, job copyJob, tables []tableCopy) (*pgx.Co
 		once.Do(func() { result = <-done })
 		return vs, result
 	}, nil
-}
-
-// copyRows copies every table's rows, reporting progress.
-func copyRows(ctx context.Context, src, dst *pgconn.PgConn, tables []tableCopy, job copyJob) error {
-	cp := adminapi.CopyProgress{Started: time.Now(), Tables: make([]adminapi.TableProgress, len(tables))}
-	for i, t := range tables {
-		cp.Tables[i] = adminapi.TableProgress{Name: t.name, EstimatedRows: t.estRows}
-	}
-	var mu sync.Mutex
-	report := func() {
-		mu.Lock()
-		out := cp
-		out.Tables = slices.Clone(cp.Tables)
-		mu.Unlock()
-		out.ETASeconds = eta(out)
-		job.progress(out)
-	}
-	stop := make(chan struct{})
-	ticks := make(chan struct{})
-	go func() {
-		defer close(ticks)
-		t := time.NewTicker(progressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				report()
-			}
-		}
-	}()
-	defer func() { close(stop); <-ticks }()
-	for i, t := range tables {
-		count := func(rows, bytes int64) {
-			mu.Lock()
-			cp.Tables[i].Rows += rows
-			cp.Tables[i].Bytes += bytes
-			mu.Unlock()
-		}
-		err := pipeCopy(ctx, src, dst, fmt.Sprintf("COPY (SELECT %s FROM ONLY %s) TO STDOUT", t.columns, t.name),
-			fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, t.columns), count)
-		if err != nil {
-			return fmt.Errorf("copy table %s: %w", t.name, err)
-		}
-		mu.Lock()
-		cp.Tables[i].Done = true
-		mu.Unlock()
-	}
-	mu.Lock()
-	cp.Done, cp.Finished = true, time.Now()
-	mu.Unlock()
-	report()
-	return nil
-}
-
-// eta estimates the seconds left of the row copy from the rate so far and
-// the via node's row estimates; nil while nothing is known.
-func eta(cp adminapi.CopyProgress) *float64 {
-	var rows, est int64
-	for _, t := range cp.Tables {
-		rows += t.Rows
-		if t.Done {
-			est += t.Rows
-		} else {
-			est += max(t.EstimatedRows, t.Rows)
-		}
-	}
-	elapsed := time.Since(cp.Started).Seconds()
-	if rows == 0 || est == 0 || elapsed < 1 {
-		return nil
-	}
-	left := elapsed * float64(est-rows) / float64(rows)
-	return &left
-}
-
-type tableCopy struct {
-	name    string // quoted schema.table
-	columns string // quoted, comma separated
-	estRows int64  // the via node's estimate, 0 unknown
-}
-
-func copyTables(ctx context.Context, src *pgx.Conn) ([]tableCopy, error) {
-	rows, err := src.Query(ctx, `SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum),
-			greatest(c.reltuples, 0)::bigint
-		FROM pg_catalog.pg_class c
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-		WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-		  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bdr') AND n.nspname NOT LIKE 'pg_toast%'
-		GROUP BY 1, 2, c.reltuples ORDER BY 1, 2`)
-	if err != nil {
-		return nil, fmt.Errorf("copy data: list tables: %w", err)
-	}
-	var out []tableCopy
-	for rows.Next() {
-		var schema, name string
-		var cols []string
-		var est int64
-		if err := rows.Scan(&schema, &name, &cols, &est); err != nil {
-			return nil, fmt.Errorf("copy data: list tables: %w", err)
-		}
-		quoted := make([]string, len(cols))
-		for i, c := range cols {
-			quoted[i] = pgx.Identifier{c}.Sanitize()
-		}
-		out = append(out, tableCopy{name: pgx.Identifier{schema, name}.Sanitize(), columns: strings.Join(quoted, ", "), estRows: est})
-	}
-	return out, rows.Err()
-}
-
-// pipeCopy streams the output of COPY ... TO STDOUT on src into COPY ...
-// FROM STDIN on dst; count, when not nil, hears of the rows and bytes
-// going through (text format: a row ends with the only unescaped newline).
-func pipeCopy(ctx context.Context, src, dst *pgconn.PgConn, out, in string, count func(rows, bytes int64)) error {
-	pr, pw := io.Pipe()
-	var w io.Writer = pw
-	if count != nil {
-		w = countingWriter{w: pw, count: count}
-	}
-	// The provider sends a message per row: rows go through the pipe in
-	// chunks, not one at a time (that cost a goroutine hand-off and a
-	// CopyData message to the local server per row).
-	buf := bufio.NewWriterSize(w, copyChunk)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		_, err := src.CopyTo(gctx, buf, out)
-		if err == nil {
-			err = buf.Flush()
-		}
-		pw.CloseWithError(err)
-		return err
-	})
-	g.Go(func() error {
-		_, err := dst.CopyFrom(gctx, pr, in)
-		pr.CloseWithError(err)
-		return err
-	})
-	return g.Wait()
-}
-
-// copyChunk is how much of a table's rows goes through bdrd at a time.
-const copyChunk = 256 << 10
-
-type countingWriter struct {
-	w     io.Writer
-	count func(rows, bytes int64)
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.count(int64(bytes.Count(p[:n], []byte{'\n'})), int64(n))
-	return n, err
 }
 
 // copyReplicatedCatalog replaces the rows of bdr's replicated tables

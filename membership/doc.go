@@ -9,5 +9,6 @@
 //
 // Concurrency: a Service is safe for concurrent use. Procedures that change
 // the local catalog are serialized by a mutex; a join's long phases run on
-// the goroutine of Run.
+// the goroutine of Run. A join's row copy may run in several sessions, one
+// goroutine each, owned by an errgroup the copy waits for.
 package membership

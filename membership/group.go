@@ -313,6 +313,10 @@ func (s *Service) leaveLocked(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	// Those of a join's copy that bdrd did not finish.
+	if err := dropCopyOrigins(ctx, s.pool, s.dbOID); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("leave: %w", err)
 	}

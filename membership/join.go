@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ type joinTask struct {
 	id      int32
 	members []adminapi.Node
 	replace bool // drop the user objects of the local database first
+	workers int  // the most sessions the row copy uses
 }
 
 // copiedMark records that a join began copying the group's data into the
@@ -43,6 +45,9 @@ type copiedMark struct {
 func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.JoinProgress, error) {
 	if r.Via == "" {
 		return adminapi.JoinProgress{}, adminapi.BadRequest("join needs the admin address of a member (--via)")
+	}
+	if r.CopyWorkers < 0 || r.CopyWorkers > MaxCopyWorkers {
+		return adminapi.JoinProgress{}, adminapi.BadRequest("copy workers %d: want 1 to %d", r.CopyWorkers, MaxCopyWorkers)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -118,7 +123,8 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 		msg += fmt.Sprintf("; the user tables here (%s) will be replaced by the group's (%s)", strings.Join(tables, ", "), why)
 	}
 	jp := adminapi.JoinProgress{Phase: adminapi.PhaseAdmitted, Started: now, Updated: now, Message: msg}
-	t := joinTask{via: via, id: admit.NodeID, members: admit.Members, replace: replace}
+	t := joinTask{via: via, id: admit.NodeID, members: admit.Members, replace: replace,
+		workers: cmp.Or(r.CopyWorkers, s.cfg.CopyWorkers, DefaultCopyWorkers())}
 	if err := s.store.Put(state.KeyJoinTask, t.record()); err != nil {
 		return adminapi.JoinProgress{}, err
 	}
@@ -398,7 +404,7 @@ func (j *joiner) run(ctx context.Context) error {
 		return err
 	}
 	copyEnd, err := copyAll(ctx, copyJob{binDir: s.cfg.PGBinDir, viaDSN: viaDSN, snapshot: snap.name, localDSN: s.cfg.DSN,
-		stamp: stamp, replace: j.task.replace,
+		stamp: stamp, replace: j.task.replace, workers: j.task.workers, minPart: cmp.Or(s.cfg.CopyPart, DefaultCopyPart),
 		phase:    func(msg string) { s.phase(adminapi.PhaseCopying, "%s", msg) },
 		progress: s.setCopyProgress})
 	if err != nil {

@@ -238,10 +238,12 @@ func TestJoinUnthrottled(t *testing.T) {
 // TestJoinSkipsCopy checks that the members do not stream a joiner's copy
 // back from it: the joiner's slots are moved past the copy, so a member
 // receives from the joiner only what the joiner writes itself (and the
-// restamp of recent rows, which this test has none of).
+// restamp of recent rows, which this test has next to none of). It joins a
+// node whose copy is one transaction, then one whose copy runs in four
+// sessions (several transactions, guarded).
 func TestJoinSkipsCopy(t *testing.T) {
 	t.Parallel()
-	opts := grouptest.Options{Bdrd: bdrdBinary}
+	opts := grouptest.Options{Bdrd: bdrdBinary, Env: []string{"BDRD_TEST_COPY_PART=1048576"}}
 	first := grouptest.NewNode(t, pgtest.Shared(t, 1), pgtest.UniqueName(t, "sk"), opts)
 	t.Cleanup(first.Stop)
 	grouptest.Init(t, first)
@@ -251,18 +253,31 @@ func TestJoinSkipsCopy(t *testing.T) {
 	// transactions of their own that do stream back (dropped by origin):
 	// these are older.
 	time.Sleep(11 * time.Second) // the restamp margin is 10 s
-	second := grouptest.NewNode(t, pgtest.Shared(t, 2), pgtest.UniqueName(t, "sk"), opts)
-	t.Cleanup(second.Stop)
-	grouptest.Join(t, second, first)
-	second.Exec(`INSERT INTO big VALUES (0, 'written on the joiner')`)
-	nodes := []*grouptest.Node{first, second}
-	grouptest.WaitQuiet(t, nodes, 2*time.Minute)
-	grouptest.AssertConverged(t, nodes)
-	copied := second.QueryInt(`SELECT pg_total_relation_size('big')`)
-	got := metricValue(t, first, "bdr_receive_bytes_total", `peer="`+second.Name+`"`)
-	t.Logf("%s received %.0f bytes from %s, which holds a copy of %d bytes", first.Name, got, second.Name, copied)
-	if got < 0 || got > 1<<20 {
-		t.Errorf("%s received %.0f bytes from the joiner %s: the copy (%d bytes) came back", first.Name, got, second.Name, copied)
+	nodes := []*grouptest.Node{first}
+	for i, workers := range []int{1, 4} {
+		n := grouptest.NewNode(t, pgtest.Shared(t, 2-2*i), pgtest.UniqueName(t, "sk"), opts)
+		t.Cleanup(n.Stop)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		err := n.Client().JoinAndWait(ctx, adminapi.JoinRequest{Via: first.Admin, CopyWorkers: workers}, 50*time.Millisecond, nil)
+		cancel()
+		if err != nil {
+			t.Fatalf("join %s: %v", n.Name, err)
+		}
+		if jp, err := n.Client().JoinProgress(context.Background()); err != nil || jp.Copy == nil || jp.Copy.Sessions != workers {
+			t.Fatalf("join progress of %s: %+v, %v; want a copy in %d sessions", n.Name, jp.Copy, err, workers)
+		}
+		n.Exec(`INSERT INTO big VALUES ($1, 'written on the joiner')`, -i)
+		nodes = append(nodes, n)
+		grouptest.WaitQuiet(t, nodes, 2*time.Minute)
+		grouptest.AssertConverged(t, nodes)
+		copied := n.QueryInt(`SELECT pg_total_relation_size('big')`)
+		for _, m := range nodes[:len(nodes)-1] {
+			got := metricValue(t, m, "bdr_receive_bytes_total", `peer="`+n.Name+`"`)
+			t.Logf("%s received %.0f bytes from %s, which holds a copy of %d bytes made in %d session(s)", m.Name, got, n.Name, copied, workers)
+			if got < 0 || got > 1<<20 {
+				t.Errorf("%s received %.0f bytes from the joiner %s: the copy (%d bytes, %d session(s)) came back", m.Name, got, n.Name, copied, workers)
+			}
+		}
 	}
 }
 

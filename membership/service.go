@@ -54,6 +54,14 @@ type Config struct {
 	PublicDSN string // how peers reach the local PostgreSQL
 	AdminAddr string // how peers reach this bdrd's admin API
 	PGBinDir  string // where pg_dump is, for the join's schema copy
+	// CopyWorkers is the most sessions a join's row copy uses, unless the
+	// join asks otherwise (adminapi.JoinRequest.CopyWorkers); 0 means
+	// DefaultCopyWorkers().
+	CopyWorkers int
+	// CopyPart is the least a session of the row copy takes at a time, and
+	// half the least a database is for a parallel copy; 0 means
+	// DefaultCopyPart. Tests lower it to copy small databases in parallel.
+	CopyPart int64
 	// JoinStepDelay, for tests only, makes a join linger at the start of
 	// each phase.
 	JoinStepDelay time.Duration
@@ -105,6 +113,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("WAL budget policy %q: want part or alert", c.OnWALBudget)
 	case c.MaxClockSkew <= 0:
 		return errors.New("the clock skew bound must be positive")
+	case c.CopyWorkers < 0 || c.CopyWorkers > MaxCopyWorkers:
+		return fmt.Errorf("copy workers %d: want 1 to %d", c.CopyWorkers, MaxCopyWorkers)
+	case c.CopyPart < 0:
+		return errors.New("the copy part size must be positive")
 	}
 	return nil
 }

@@ -33,6 +33,7 @@ Commands:
   join --via ADDR          join the group of the member whose admin API is at ADDR
        [--no-wait]         return once admitted instead of waiting until caught up
        [--force]           replace the user tables the database holds with the group's
+       [--copy-workers N]  copy the rows in at most N sessions (default: bdrd's --copy-workers)
   part NAME                remove node NAME from the group (run against another member)
   leave                    remove this node from the group, from its own side
   status [--json] [--local] nodes with liveness, streams, lag, errors, WAL kept
@@ -45,7 +46,7 @@ Commands:
   bench apply [flags]      apply benchmark: bdrd against native logical replication
                            (--bdrd PATH --scale 10 --clients 8 --duration 20s --json)
   bench join [flags]       join under pgbench load against pg_dump | pg_restore
-                           (--bdrd PATH --scale 50 --clients 8 --rate 100 --json)
+                           (--bdrd PATH --scale 50 --clients 8 --rate 100 --copy-workers 0 --json)
   bench wan [flags]        pgbench across emulated WAN links: streaming replication,
                            multi-master near writes (one site, all sites), no replication
                            (--bdrd PATH --nodes 2 --rtt 77ms --jitter 0ms --bandwidth 160mbit
@@ -211,17 +212,21 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		via := fs.String("via", "", "admin address of a member to join through")
 		noWait := fs.Bool("no-wait", false, "return once admitted")
 		force := fs.Bool("force", false, "replace the user tables of the database with the group's")
+		workers := fs.Int("copy-workers", 0, "copy the rows in at most this many sessions (0: bdrd's --copy-workers)")
 		if err := parse(fs, rest, 0); err != nil {
 			return err
 		}
 		if *via == "" {
 			return usageError{"join needs --via ADDR"}
 		}
+		if *workers < 0 {
+			return usageError{"join: --copy-workers must be positive"}
+		}
 		cl, err := connect()
 		if err != nil {
 			return err
 		}
-		return refused(*node, join(ctx, cl.to(*node, time.Minute), adminapi.JoinRequest{Via: *via, Force: *force}, *noWait, stdout))
+		return refused(*node, join(ctx, cl.to(*node, time.Minute), adminapi.JoinRequest{Via: *via, Force: *force, CopyWorkers: *workers}, *noWait, stdout))
 	case "part":
 		if err := parse(fs, rest, 1); err != nil {
 			return err
@@ -492,6 +497,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.IntVar(&cfg.Scale, "scale", 50, "pgbench scale of the group's database")
 		fs.IntVar(&cfg.Clients, "clients", 8, "pgbench clients on each member")
 		fs.IntVar(&cfg.Rate, "rate", 100, "pgbench transactions a second on each member (0: unlimited)")
+		fs.IntVar(&cfg.CopyWorkers, "copy-workers", 0, "the most sessions the measured join copies the rows with (0: bdrd's default)")
 		if err := parse(fs, args[1:], 0); err != nil {
 			return err
 		}

@@ -41,7 +41,8 @@ func mustFail(t *testing.T, want string, args ...string) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"frobnicate"}, {"part"}, {"join"}, {"status", "extra"}, {"--bogus", "status"}, {"status", "--token-file"}} {
+	for _, args := range [][]string{{}, {"frobnicate"}, {"part"}, {"join"}, {"status", "extra"}, {"--bogus", "status"}, {"status", "--token-file"},
+		{"join", "--via", "127.0.0.1:1", "--copy-workers", "-1"}} {
 		if code, _, stderr := bdrctl(t, args...); code != 2 || !strings.Contains(stderr, "usage: bdrctl") {
 			t.Errorf("bdrctl %v: exit %d, stderr %q; want usage and exit 2", args, code, stderr)
 		}
@@ -82,6 +83,7 @@ func TestBadAdminInput(t *testing.T) {
 	mustFail(t, "already a member", "--node", a.Admin, "--token-file", a.TokenFile, "init")
 	mustFail(t, "already a member", "--node", b.Admin, "--token-file", b.TokenFile, "join", "--via", a.Admin)
 	mustFail(t, "not an active member", "--node", loner.Admin, "--token-file", loner.TokenFile, "join", "--via", dup.Admin)
+	mustFail(t, "copy workers 33: want 1 to 32", "--node", loner.Admin, "--token-file", loner.TokenFile, "join", "--via", a.Admin, "--copy-workers", "33")
 
 	// Nothing half-created: the refused nodes hold no catalog rows, slots
 	// or origins, and the members know only each other.

@@ -131,6 +131,9 @@ func copySummary(c *adminapi.CopyProgress) string {
 		}
 	}
 	s := fmt.Sprintf("%d of %d tables, %s of ~%s rows, %s", done, len(c.Tables), count(rows), count(est), size(bytes))
+	if c.Sessions > 1 {
+		s += fmt.Sprintf(", %d sessions", c.Sessions)
+	}
 	switch {
 	case c.Done:
 		s += ", rows copied"

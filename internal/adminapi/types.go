@@ -130,6 +130,9 @@ type JoinRequest struct {
 	// holds user tables is refused (unless they are left from this node's
 	// own earlier membership or failed join).
 	Force bool `json:"force,omitempty"`
+	// CopyWorkers is the most sessions the row copy may use (0: the
+	// joining bdrd's --copy-workers). One copies in a single transaction.
+	CopyWorkers int `json:"copy_workers,omitempty"`
 }
 
 // Join phases, in order.
@@ -159,8 +162,11 @@ type JoinProgress struct {
 
 // CopyProgress reports the data copy of a join, table by table.
 type CopyProgress struct {
-	Started time.Time       `json:"started"`
-	Tables  []TableProgress `json:"tables"`
+	Started time.Time `json:"started"`
+	// Sessions is how many sessions copy the rows (in parallel when more
+	// than one).
+	Sessions int             `json:"sessions,omitempty"`
+	Tables   []TableProgress `json:"tables"`
 	// ETASeconds estimates the time left of the row copy from the via
 	// node's statistics; absent while unknown.
 	ETASeconds *float64 `json:"eta_seconds,omitempty"`

@@ -52,6 +52,16 @@ func SlotName(providerDB uint32, subscriber string) string { return ReplName(pro
 // the changes that come from provider.
 func OriginName(subscriberDB uint32, provider string) string { return ReplName(subscriberDB, provider) }
 
+// CopyOriginName is the replication origin that session n of a join's
+// parallel row copy binds in the joining database: bdr_<oid>__copy<n>,
+// never a node's (node names start with a letter). The join drops it.
+func CopyOriginName(dbOID uint32, n int) string {
+	return CopyOriginPrefix(dbOID) + strconv.Itoa(n)
+}
+
+// CopyOriginPrefix begins the name of every origin CopyOriginName makes.
+func CopyOriginPrefix(dbOID uint32) string { return ReplName(dbOID, "_copy") }
+
 // DatabaseOID is the oid of the database db is connected to.
 func DatabaseOID(ctx context.Context, db DB) (uint32, error) {
 	var oid uint32

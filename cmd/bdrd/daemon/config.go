@@ -53,6 +53,8 @@ type Config struct {
 	MaxPeerWAL      ByteSize
 	OnWALBudget     string // part or alert
 	MaxClockSkew    time.Duration
+	// CopyWorkers is the most sessions a join's row copy uses.
+	CopyWorkers int
 
 	// Network faults, for tests running bdrd in-process: the gossip
 	// transport and the dialer of consensus and member-to-member calls.
@@ -111,6 +113,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.Var(&cfg.MaxPeerWAL, "max-peer-wal", "WAL a slot may keep for a down peer (`size`, e.g. 16GB, 512MB) before --on-wal-budget acts; warned at 80%")
 	fs.StringVar(&cfg.OnWALBudget, "on-wal-budget", "part", "when a down peer's slot keeps more WAL than --max-peer-wal: part (remove the peer through the group, releasing the WAL) or alert (keep it, only alert)")
 	fs.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", membership.DefaultMaxClockSkew, "how far a member's clock may be from this node's before it is flagged in status, logged and alerted on (last update wins is only as good as the clocks)")
+	fs.IntVar(&cfg.CopyWorkers, "copy-workers", membership.DefaultCopyWorkers(), "the most sessions a join of this node copies the group's rows with, in parallel (1: one session, one transaction); a bdrctl join may ask for another number")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "`file` holding the token every admin API call must present (bdrctl: $BDRCTL_TOKEN or --token-file)")
 	fs.BoolVar(&cfg.AdminInsecureLoopback, "admin-insecure-loopback", false, "serve the admin API without a token on a loopback --admin-listen (anyone on this host can use it)")
 	if err := fs.Parse(args); err != nil {
@@ -169,6 +172,16 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 			}
 			continue
 		}
+		if k == "copy_workers" {
+			v, ok := raw[k].(int)
+			if !ok {
+				return fmt.Errorf("config %s: copy_workers must be a number", path)
+			}
+			if !set[k] {
+				c.CopyWorkers = v
+			}
+			continue
+		}
 		if dst, ok := durations[k]; ok {
 			v, ok := raw[k].(string)
 			d, err := time.ParseDuration(v)
@@ -192,7 +205,7 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		}
 		dst, ok := known[k]
 		if !ok {
-			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_clock_skew, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
+			return fmt.Errorf("config %s: unknown key %q (known: admin_advertise, admin_insecure_loopback, admin_listen, admin_token_file, apply_lock_timeout, binary, copy_workers, data_dir, dsn, error_retry, gossip_advertise, gossip_key_file, gossip_listen, log_level, max_clock_skew, max_peer_wal, node_name, on_wal_budget, pg_bindir, public_dsn, raft_advertise, raft_listen)", path, k)
 		}
 		v, ok := raw[k].(string)
 		if !ok {
@@ -272,6 +285,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ApplyLockTimeout < 100*time.Millisecond {
 		return fmt.Errorf("--apply-lock-timeout %s is invalid: at least 100ms", c.ApplyLockTimeout)
+	}
+	if c.CopyWorkers == 0 {
+		c.CopyWorkers = membership.DefaultCopyWorkers()
+	}
+	if c.CopyWorkers < 1 || c.CopyWorkers > membership.MaxCopyWorkers {
+		return fmt.Errorf("--copy-workers %d is invalid: want 1 to %d", c.CopyWorkers, membership.MaxCopyWorkers)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bdr-dev/bdr/membership"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -29,6 +31,7 @@ max_peer_wal: 512MB
 on_wal_budget: alert
 max_clock_skew: 250ms
 apply_lock_timeout: 5s
+copy_workers: 2
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +43,7 @@ apply_lock_timeout: 5s
 		AdminListen: "127.0.0.1:7999", DataDir: "/var/lib/bdrd", LogLevel: "debug", ErrorRetry: time.Minute,
 		AdminInsecureLoopback: true, GossipListen: DefaultGossipListen, GossipKeyFile: "/var/lib/bdrd/group.key",
 		RaftListen: "127.0.0.1:7947", MaxPeerWAL: 512 << 20, OnWALBudget: "alert", MaxClockSkew: 250 * time.Millisecond,
-		ApplyLockTimeout: 5 * time.Second}
+		ApplyLockTimeout: 5 * time.Second, CopyWorkers: 2}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("ParseArgs =\n%+v\nwant (the flag wins over the file, public dsn defaults to dsn)\n%+v", cfg, want)
 	}
@@ -49,14 +52,15 @@ apply_lock_timeout: 5s
 		t.Fatal(err)
 	}
 	if cfg.AdminListen != DefaultAdminListen || cfg.LogLevel != "info" || cfg.MaxPeerWAL != 16<<30 ||
-		cfg.OnWALBudget != "part" || cfg.RaftAdvertise == "" || cfg.MaxClockSkew != time.Second {
+		cfg.OnWALBudget != "part" || cfg.RaftAdvertise == "" || cfg.MaxClockSkew != time.Second || cfg.CopyWorkers != membership.DefaultCopyWorkers() {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 	if _, err := ParseArgs([]string{"--config", file, "--log-level", "loud"}, io.Discard); err == nil {
 		t.Fatal("a bad flag value over a good file was accepted")
 	}
 	for _, bad := range [][]string{{"--max-peer-wal", "lots"}, {"--max-peer-wal", "5PB"}, {"--on-wal-budget", "ignore"},
-		{"--raft-listen", "nowhere"}, {"--max-clock-skew", "soon"}, {"--max-clock-skew", "-1s"}, {"--max-clock-skew", "1us"}} {
+		{"--raft-listen", "nowhere"}, {"--max-clock-skew", "soon"}, {"--max-clock-skew", "-1s"}, {"--max-clock-skew", "1us"},
+		{"--copy-workers", "-1"}, {"--copy-workers", "33"}} {
 		if _, err := ParseArgs(append([]string{"--config", file}, bad...), io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -130,6 +131,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		MaxPeerWAL: int64(cfg.MaxPeerWAL), OnWALBudget: cfg.OnWALBudget, MaxClockSkew: cfg.MaxClockSkew,
 		Logger: log, Registry: wrapped, Clock: cfg.Clock,
 		GossipTransport: cfg.GossipTransport, Dial: cfg.Dial, JoinStepDelay: joinStepDelay(),
+		CopyWorkers: cfg.CopyWorkers, CopyPart: copyPart(),
 	}, pool, store, mgr)
 	if err != nil {
 		_ = ln.Close()
@@ -247,4 +249,12 @@ func pgBinDir(flagValue string) string {
 func joinStepDelay() time.Duration {
 	d, _ := time.ParseDuration(os.Getenv("BDRD_TEST_JOIN_STEP_DELAY"))
 	return d
+}
+
+// copyPart is, for tests, from $BDRD_TEST_COPY_PART (bytes): the least a
+// session of a join's row copy takes at a time, lowered so that a small
+// database is copied in parallel. 0: membership.DefaultCopyPart.
+func copyPart() int64 {
+	n, _ := strconv.ParseInt(os.Getenv("BDRD_TEST_COPY_PART"), 10, 64)
+	return max(n, 0)
 }
