@@ -71,22 +71,18 @@ func loadForeignKeys(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation)
 		FROM t, f JOIN pg_catalog.pg_class o ON o.oid = f.other
 		JOIN pg_catalog.pg_namespace n ON n.oid = o.relnamespace
 		ORDER BY f.conname, f.child`, rel.Schema, rel.Name)
-	if err != nil {
-		return nil, fmt.Errorf("read foreign keys of %s: %w", rel, err)
-	}
-	defer rows.Close()
-	var out []localFK
-	for rows.Next() {
-		var fk localFK
-		if err := rows.Scan(&fk.name, &fk.child, &fk.otherSchema, &fk.other, &fk.cols, &fk.otherCols); err != nil {
-			return nil, fmt.Errorf("read foreign keys of %s: %w", rel, err)
+	if err == nil {
+		var out []localFK
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (localFK, error) {
+			var fk localFK
+			err := r.Scan(&fk.name, &fk.child, &fk.otherSchema, &fk.other, &fk.cols, &fk.otherCols)
+			return fk, err
+		})
+		if err == nil {
+			return out, nil
 		}
-		out = append(out, fk)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read foreign keys of %s: %w", rel, err)
-	}
-	return out, nil
+	return nil, fmt.Errorf("read foreign keys of %s: %w", rel, err)
 }
 
 // useForeignKeys keeps the foreign keys the applier can check with what

@@ -193,7 +193,7 @@ func (p *plan) keyChangeSQL(mask string) string {
 		Type:       fmt.Sprintf("'%s'", conflict.UpdateUpdate),
 		Resolution: fmt.Sprintf("'%s'", conflict.KeyChangeWins),
 		Reason: fmt.Sprintf("'a key change wins over a concurrent update, as a delete does (local ' || %s || ', remote ' || %s || ')'",
-			versionText("(l.c).timestamp", nodeOf("(l.c).roident")), versionText(remoteTS, setting(setRemoteID, "int"))),
+			conflict.VersionSQL("(l.c).timestamp", nodeOf("(l.c).roident")), conflict.VersionSQL(remoteTS, setting(setRemoteID, "int"))),
 	}
 	wonRecord := strings.Replace(p.record(won, won.Resolution, tuple,
 		fmt.Sprintf("FROM (SELECT true AS found, u.row, u.mine, u.c, %s AS node FROM u) l WHERE NOT %s", nodeOf("(u.c).roident"), conflict.CleanSQL(recordInputs()))),

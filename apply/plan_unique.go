@@ -68,22 +68,18 @@ func loadUniques(ctx context.Context, conn *pgx.Conn, rel *decoder.Relation) ([]
 		WHERE n.nspname = $1 AND c.relname = $2 AND x.indisunique AND x.indisvalid
 		  AND x.indpred IS NULL AND x.indexprs IS NULL AND NOT (0 = ANY (x.indkey::int2[]))
 		ORDER BY i.relname`, rel.Schema, rel.Name)
-	if err != nil {
-		return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
-	}
-	defer rows.Close()
-	var out []localUnique
-	for rows.Next() {
-		var u localUnique
-		if err := rows.Scan(&u.name, &u.cols, &u.nullsNotDistinct); err != nil {
-			return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
+	if err == nil {
+		var out []localUnique
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (localUnique, error) {
+			var u localUnique
+			err := r.Scan(&u.name, &u.cols, &u.nullsNotDistinct)
+			return u, err
+		})
+		if err == nil {
+			return out, nil
 		}
-		out = append(out, u)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
-	}
-	return out, nil
+	return nil, fmt.Errorf("read unique indexes of %s: %w", rel, err)
 }
 
 // useUniques keeps the unique indexes, other than the key's, whose columns
@@ -266,10 +262,4 @@ SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true
 		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
 		resolution, reason, loserFate, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
 		setSkip, lost)
-}
-
-// versionText is a row version as the reasons of conflict_history give it:
-// its commit time and node.
-func versionText(ts, node string) string {
-	return fmt.Sprintf(`coalesce(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.USZ') || ' by node ' || %s, 'unknown commit time')`, ts, node)
 }

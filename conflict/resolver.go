@@ -273,7 +273,7 @@ func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'
 // statement's execution costs with the size of its expressions.
 func reasonSQL(in Inputs, tmpl string) string {
 	return fmt.Sprintf("pg_catalog.format(%s, %s, %s)", tmpl,
-		versionSQL(in.LocalTS, in.LocalNode), versionSQL(in.RemoteTS, in.RemoteNode))
+		VersionSQL(in.LocalTS, in.LocalNode), VersionSQL(in.RemoteTS, in.RemoteNode))
 }
 
 // WinsSQL is whether the remote version wins a conflict of type t that

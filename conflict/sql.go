@@ -39,7 +39,9 @@ func RemoteWinsSQL(in Inputs) string {
 		in.LocalTS, in.LocalTS, in.RemoteTS, in.LocalTS, in.RemoteTS, in.LocalNode, in.RemoteNode)
 }
 
-func versionSQL(ts, node string) string {
+// VersionSQL is a row version as conflict reasons spell it: its commit
+// time (timestamptz expression ts) and node (int expression node).
+func VersionSQL(ts, node string) string {
 	return fmt.Sprintf(`coalesce(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.USZ') || ' by node ' || %s, 'unknown commit time')`, ts, node)
 }
 
