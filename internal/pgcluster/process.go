@@ -176,6 +176,15 @@ func (s *Server) current() *run {
 // Running reports whether the postmaster is running.
 func (s *Server) Running() bool { return s.current() != nil }
 
+// PID returns the process id of the running postmaster, 0 when it is not
+// running. Every other process of the server is its child.
+func (s *Server) PID() int {
+	if r := s.current(); r != nil {
+		return r.proc.Pid
+	}
+	return 0
+}
+
 // Stop shuts the server down with a fast shutdown (SIGINT) and waits until
 // all its processes have exited. If ctx ends first, the server is killed and
 // ctx's error returned. Stopping a server that is not running does nothing.
