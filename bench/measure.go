@@ -29,6 +29,7 @@ type measurement struct {
 	hbTo   []hbNode
 	wan    *wan     // whose links are counted; nil for none
 	bdr    []hbNode // nodes whose conflicts are counted; nil for none
+	cpu    []cpuSite
 }
 
 // measurer runs one measurement; shared by the WAN benchmark and the one
@@ -41,6 +42,9 @@ type measurer struct {
 	duration time.Duration
 	every    time.Duration
 	progress io.Writer
+	// cg are the sites' cgroups: each pgbench goes into its site's, and
+	// the sites' CPU is measured; nil when the sites share the CPUs.
+	cg *cgroups
 }
 
 // drainFor is how long the heartbeat readers get after a load of d to
@@ -50,7 +54,7 @@ func drainFor(d time.Duration) time.Duration { return max(time.Minute, 3*d) }
 
 func (r *wanRun) measure(ctx context.Context, m measurement) (ModeResult, error) {
 	mr := measurer{pgbench: r.pgbench, dir: r.dir, clients: r.cfg.Clients, rate: r.cfg.Rate, duration: r.cfg.Duration,
-		every: r.cfg.ProgressEvery, progress: r.cfg.Progress}
+		every: r.cfg.ProgressEvery, progress: r.cfg.Progress, cg: r.cg}
 	return mr.measure(ctx, m)
 }
 
@@ -92,6 +96,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 	defer os.RemoveAll(logs)
 	var runs []*pgbenchRun
 	var startErr error
+	cpu := startCPU(mr.cg, m.cpu)
 	for _, l := range m.loads {
 		pr, err := startPgbench(ctx, mr.pgbench, l.site, l.dsn, mr.clients, mr.rate, mr.duration, logs)
 		if err != nil {
@@ -99,6 +104,14 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 			break
 		}
 		runs = append(runs, pr)
+		if mr.cg != nil {
+			// At once: its threads and connections follow in a few ms.
+			if err := mr.cg.place(l.site, pr.cmd.Process.Pid); err != nil {
+				startErr = err
+				_ = pr.cmd.Process.Kill()
+				break
+			}
+		}
 	}
 	stopProgress := mr.showProgress(m.mode, start, runs, hb, len(m.hbFrom) > 0)
 	var results []pgbenchResult
@@ -109,6 +122,11 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 		results = append(results, pres)
 	}
 	stopProgress()
+	pgbenchCPU := map[int]time.Duration{}
+	for _, pr := range runs {
+		pgbenchCPU[pr.site] += pr.cpu()
+	}
+	res.CPU = cpu.stop(pgbenchCPU)
 	close(loadDone)
 	if len(m.hbFrom) > 0 {
 		mr.say("%s: load done, waiting for the last heartbeats to replicate", m.mode)

@@ -82,6 +82,19 @@ func startPgbench(ctx context.Context, bin string, site int, dsn string, clients
 	return r, nil
 }
 
+// cpu is the CPU time pgbench used, once it has ended.
+func (r *pgbenchRun) cpu() time.Duration {
+	select {
+	case <-r.done:
+	default:
+		return 0
+	}
+	if ps := r.cmd.ProcessState; ps != nil {
+		return ps.UserTime() + ps.SystemTime()
+	}
+	return 0
+}
+
 // currentTPS is pgbench's last per-second figure.
 func (r *pgbenchRun) currentTPS() float64 { return math.Float64frombits(r.tps.Load()) }
 

@@ -35,6 +35,18 @@ func (r WANResult) Header() string {
 	return fmt.Sprintf("pgbench scale %d, %d clients%s, %gs per mode; %d sites; links: %s", r.Scale, r.Clients, rateText(r.Rate), r.DurationSec, r.Nodes, shape)
 }
 
+// cpusText says which CPUs each site had.
+func (r WANResult) cpusText() string {
+	if len(r.SiteCPUs) == 0 {
+		return fmt.Sprintf("CPUs: shared by every site (%s)", r.SiteCPUsNote)
+	}
+	var s []string
+	for i, set := range r.SiteCPUs {
+		s = append(s, fmt.Sprintf("site%d %s", i+1, cpusText(set)))
+	}
+	return fmt.Sprintf("CPUs: %s (a cgroup cpuset each; the baseline on site1's; bdrctl, which runs the links, on any)", strings.Join(s, ", "))
+}
+
 func rateText(rate int) string {
 	if rate == 0 {
 		return ""
@@ -45,7 +57,7 @@ func rateText(rate int) string {
 // Report is the result as tables.
 func (r WANResult) Report() string {
 	var b strings.Builder
-	b.WriteString(r.Header() + "\n\n")
+	b.WriteString(r.Header() + "\n" + r.cpusText() + "\n\n")
 	modeTable(&b, r.Modes)
 	modeDetails(&b, r.Modes, true)
 	if t := r.Targets(); len(t) > 0 {
@@ -124,7 +136,10 @@ func (r WANResult) CompareSeed() string {
 // (<mode>.png) into dir, which it creates; command is the command line
 // that produced the result.
 func (r WANResult) WriteReport(dir, command string, resultJSON []byte) error {
-	intro := fmt.Sprintf("%s. The sites run on one machine and reach each other only through in-process WAN links (toxiproxy): each direction delays by half the round trip (plus jitter) and limits the bandwidth.", r.Header())
+	intro := fmt.Sprintf("%s; %s.\n\nThe sites run on one machine and reach each other only through in-process WAN links (toxiproxy): each direction delays by half the round trip (plus jitter) and limits the bandwidth.", r.Header(), r.cpusText())
+	if len(r.SiteCPUs) > 0 {
+		intro += " Each site runs on CPUs of its own, as if on a machine of its own: its PostgreSQL (the postmaster and every process it forks), its bdrd and the pgbench clients at the site are in a cgroup v1 cpuset of the site's CPUs; the baseline runs on site 1's. bdrctl, which runs the WAN links' proxies and the heartbeat, is in none and may use any CPU."
+	}
 	body := fmt.Sprintf("```\n%s```\n\n## Against PGECons 2016\n\n```\n%s```\n\n", r.Report(), r.CompareSeed())
 	return writeReport(dir, "bdr WAN benchmark", r.Started, command, intro, body, r.Header(), r.Modes, resultJSON)
 }
@@ -239,6 +254,9 @@ func modeDetails(b *strings.Builder, modes []ModeResult, lagPairs bool) {
 		}
 		if m.Failed > 0 {
 			details = append(details, fmt.Sprintf("%d failed transactions", m.Failed))
+		}
+		if m.CPU != nil {
+			details = append(details, "cpu while pgbench ran: "+m.CPU.String())
 		}
 		if len(m.Links) > 0 {
 			var s []string

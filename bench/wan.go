@@ -44,6 +44,13 @@ type WANConfig struct {
 	// ProgressEvery is the interval of progress lines during a run
 	// (default 5 s).
 	ProgressEvery time.Duration
+	// SiteCPUs gives each site CPUs of its own, as if it were a machine of
+	// its own: "auto" (or "") splits this machine's CPUs evenly between
+	// the sites when cgroup v1 cpusets can be made and there are enough
+	// CPUs, else every site shares them (with a note why); "off" shares
+	// them; a list gives each site its cpuset, site 1 first, separated by
+	// "/" ("0/1", "0-1/2-3"). The baseline runs on site 1's CPUs.
+	SiteCPUs string
 }
 
 // Validate checks the configuration and fills defaults.
@@ -74,6 +81,19 @@ func (c *WANConfig) Validate() error {
 	}
 	if c.ProgressEvery <= 0 {
 		c.ProgressEvery = 5 * time.Second
+	}
+	switch c.SiteCPUs {
+	case "":
+		c.SiteCPUs = SiteCPUsAuto
+	case SiteCPUsAuto, SiteCPUsOff:
+	default:
+		sets, err := parseSiteCPUs(c.SiteCPUs)
+		if err != nil {
+			return fmt.Errorf("bench wan: %w (or auto, off)", err)
+		}
+		if len(sets) != c.Nodes {
+			return fmt.Errorf("bench wan: --site-cpus %s: %d cpusets for %d sites", c.SiteCPUs, len(sets), c.Nodes)
+		}
 	}
 	if needsBdrd(c.Modes) {
 		if c.Bdrd == "" {
@@ -110,6 +130,9 @@ type ModeResult struct {
 	// Conflicts recorded during the run on each node (bdr.conflict_history),
 	// nil for modes without bdr.
 	Conflicts map[string]int64 `json:"conflicts,omitempty"`
+	// CPU is what each site used of its CPUs while pgbench ran, when the
+	// sites have CPUs of their own (and which).
+	CPU *CPUUse `json:"cpu,omitempty"`
 	// TPSSeries is the transactions finished in each second of the run.
 	TPSSeries []int64 `json:"tps_series"`
 }
@@ -131,16 +154,21 @@ func (m ModeResult) TotalConflicts() int64 {
 
 // WANResult is what the WAN benchmark measured.
 type WANResult struct {
-	Nodes       int          `json:"nodes"`
-	RTTms       float64      `json:"rtt_ms"`
-	JitterMs    float64      `json:"jitter_ms"`
-	Bandwidth   int64        `json:"bandwidth_bits_per_s"` // 0 = unlimited
-	Scale       int          `json:"scale"`
-	Clients     int          `json:"clients"`
-	Rate        int          `json:"rate,omitempty"`
-	DurationSec float64      `json:"duration_s"`
-	Started     time.Time    `json:"started"`
-	Modes       []ModeResult `json:"modes"`
+	Nodes       int       `json:"nodes"`
+	RTTms       float64   `json:"rtt_ms"`
+	JitterMs    float64   `json:"jitter_ms"`
+	Bandwidth   int64     `json:"bandwidth_bits_per_s"` // 0 = unlimited
+	Scale       int       `json:"scale"`
+	Clients     int       `json:"clients"`
+	Rate        int       `json:"rate,omitempty"`
+	DurationSec float64   `json:"duration_s"`
+	Started     time.Time `json:"started"`
+	// SiteCPUs is the cpuset of each site, site 1 first (the baseline
+	// runs on site 1's); none when the sites share the CPUs, and then
+	// SiteCPUsNote says why.
+	SiteCPUs     []string     `json:"site_cpus,omitempty"`
+	SiteCPUsNote string       `json:"site_cpus_note,omitempty"`
+	Modes        []ModeResult `json:"modes"`
 }
 
 // Mode returns the result of mode, if it ran.
@@ -156,8 +184,9 @@ func (r WANResult) Mode(mode string) (ModeResult, bool) {
 // wanRun is one run of the WAN benchmark.
 type wanRun struct {
 	cfg     WANConfig
-	pgbench string // the pgbench binary
-	dir     string // pgbench logs, bdrd data dirs
+	pgbench string   // the pgbench binary
+	dir     string   // pgbench logs, bdrd data dirs
+	cg      *cgroups // the sites' CPUs; nil when they share them
 }
 
 func (r *wanRun) say(format string, args ...any) {
@@ -171,10 +200,11 @@ var serverSettings = map[string]string{"shared_buffers": "128MB", "max_wal_size"
 
 // RunWAN runs pgbench in each mode on servers of this machine whose sites
 // reach each other only through emulated WAN links, and measures TPS,
-// latency, replication lag, conflicts and the bytes on each link. Every
-// server, bdrd and proxy it starts is gone when it returns, also when ctx
+// latency, replication lag, conflicts and the bytes on each link. Each
+// site runs on CPUs of its own when cfg.SiteCPUs allows it. Every server,
+// bdrd, proxy and cgroup it makes is gone when it returns, also when ctx
 // is cancelled.
-func RunWAN(ctx context.Context, cfg WANConfig) (WANResult, error) {
+func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 	if err := cfg.Validate(); err != nil {
 		return WANResult{}, err
 	}
@@ -190,7 +220,32 @@ func RunWAN(ctx context.Context, cfg WANConfig) (WANResult, error) {
 	r := &wanRun{cfg: cfg, pgbench: filepath.Join(bin, "pgbench"), dir: dir}
 	res := WANResult{Nodes: cfg.Nodes, RTTms: ms(cfg.Shape.RTT), JitterMs: ms(cfg.Shape.Jitter), Bandwidth: cfg.Shape.Bandwidth,
 		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
-	r.say("pgbench scale %d, %d clients%s, %s per mode; %d sites, links: %s", cfg.Scale, cfg.Clients, rateText(cfg.Rate), cfg.Duration, cfg.Nodes, cfg.Shape)
+	cpus, note, err := planSiteCPUs(cgroupBase, cfg.SiteCPUs, cfg.Nodes)
+	if err != nil {
+		return res, fmt.Errorf("bench wan: %w", err)
+	}
+	if cpus != nil {
+		if r.cg, err = newCgroups(cgroupBase, cpus); err != nil {
+			if cfg.SiteCPUs != SiteCPUsAuto {
+				return res, fmt.Errorf("bench wan: --site-cpus %s: %w", cfg.SiteCPUs, err)
+			}
+			cpus, note = nil, err.Error()
+		}
+	}
+	if r.cg != nil {
+		defer func() { err = errors.Join(err, r.cg.remove()) }()
+		if len(r.cg.stale) > 0 {
+			r.say("removed the cgroups of runs that died: %s", strings.Join(r.cg.stale, ", "))
+		}
+		if !r.cg.acct {
+			r.say("note: %s is not writable: the sites' CPU use is not measured", filepath.Join(cgroupBase, "cpuacct"))
+		}
+	}
+	res.SiteCPUs, res.SiteCPUsNote = cpus, note
+	if cpus == nil && cfg.SiteCPUs == SiteCPUsAuto {
+		r.say("note: the sites share this machine's CPUs (a site's work slows the others down): %s", note)
+	}
+	r.say("pgbench scale %d, %d clients%s, %s per mode; %d sites, links: %s; %s", cfg.Scale, cfg.Clients, rateText(cfg.Rate), cfg.Duration, cfg.Nodes, cfg.Shape, res.cpusText())
 	for _, mode := range AllModes {
 		if !slices.Contains(cfg.Modes, mode) {
 			continue
@@ -221,20 +276,20 @@ func RunWAN(ctx context.Context, cfg WANConfig) (WANResult, error) {
 // runBaseline: one server, no replication, the client next to it.
 func (r *wanRun) runBaseline(ctx context.Context) ([]ModeResult, error) {
 	r.say("baseline: one PostgreSQL, no replication")
-	s, err := r.startLoaded(ctx)
+	s, err := r.startLoaded(ctx, 1)
 	if err != nil {
 		return nil, err
 	}
 	defer s.Remove()
 	m, err := r.measure(ctx, measurement{mode: ModeBaseline, who: "site1 (no replication)",
-		loads: []load{{site: 1, dsn: s.DSN("bench")}}})
+		loads: []load{{site: 1, dsn: s.DSN("bench")}}, cpu: []cpuSite{{site: 1}}})
 	return []ModeResult{m}, err
 }
 
-// startLoaded starts a server with database bench loaded by pgbench -i
-// and the heartbeat table.
-func (r *wanRun) startLoaded(ctx context.Context) (*pgcluster.Server, error) {
-	s, err := pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings})
+// startLoaded starts a server at site with database bench loaded by
+// pgbench -i and the heartbeat table.
+func (r *wanRun) startLoaded(ctx context.Context, site int) (*pgcluster.Server, error) {
+	s, err := r.startServer(ctx, site, pgcluster.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +311,7 @@ func (r *wanRun) startLoaded(ctx context.Context) (*pgcluster.Server, error) {
 // site 1 writes to the primary across the WAN.
 func (r *wanRun) runSR(ctx context.Context) ([]ModeResult, error) {
 	r.say("sr: primary at site 2, standby at site 1 (pg_basebackup and streaming through the WAN)")
-	primary, err := r.startLoaded(ctx)
+	primary, err := r.startLoaded(ctx, 2)
 	if err != nil {
 		return nil, err
 	}
@@ -268,8 +323,7 @@ func (r *wanRun) runSR(ctx context.Context) ([]ModeResult, error) {
 		return nil, err
 	}
 	remote := proxyDSN(addr, "bench")
-	standby, err := pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings,
-		StandbyOf: proxyDSN(addr, "postgres") + " application_name=site1"})
+	standby, err := r.startServer(ctx, 1, pgcluster.Options{StandbyOf: proxyDSN(addr, "postgres") + " application_name=site1"})
 	if err != nil {
 		return nil, fmt.Errorf("standby: %w", err)
 	}
@@ -281,7 +335,8 @@ func (r *wanRun) runSR(ctx context.Context) ([]ModeResult, error) {
 		loads:  []load{{site: 1, dsn: remote}},
 		hbFrom: []hbNode{{site: 2, name: "site2", dsn: primary.DSN("bench")}},
 		hbTo:   []hbNode{{site: 1, name: "site1", dsn: standby.DSN("bench")}},
-		wan:    w})
+		wan:    w,
+		cpu:    []cpuSite{{site: 1, role: "standby"}, {site: 2, role: "primary"}}})
 	return []ModeResult{m}, err
 }
 
@@ -326,9 +381,9 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 		sites = append(sites, s)
 		var err error
 		if i == 0 {
-			s.server, err = r.startLoaded(ctx)
+			s.server, err = r.startLoaded(ctx, s.n)
 		} else {
-			s.server, err = pgcluster.Start(ctx, pgcluster.Options{Dir: r.cfg.Dir, Settings: serverSettings})
+			s.server, err = r.startServer(ctx, s.n, pgcluster.Options{})
 			if err == nil {
 				err = s.server.CreateDatabase(ctx, "bench")
 			}
@@ -353,8 +408,10 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 		return nil, err
 	}
 	var nodes []hbNode
+	var cpu []cpuSite
 	for _, s := range sites {
 		nodes = append(nodes, hbNode{site: s.n, name: s.name, dsn: s.server.DSN("bench")})
+		cpu = append(cpu, cpuSite{site: s.n, bdrd: s.bdrd.cmd.Process.Pid})
 	}
 	// Each mode starts on a quiet group: neither the join's aftermath (the
 	// joiner restamps the rows it copied, which its peers then receive)
@@ -369,7 +426,7 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 			return nil, err
 		}
 		m, err := r.measure(ctx, measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
-			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes})
+			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes, cpu: cpu})
 		if err != nil {
 			return nil, err
 		}
@@ -386,7 +443,7 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 			names = append(names, fmt.Sprintf("%s -> %s", n.name, n.name))
 		}
 		m, err := r.measure(ctx, measurement{mode: ModeBoth, who: strings.Join(names, ", ") + " (near nodes, at once)",
-			loads: loads, hbFrom: nodes, hbTo: nodes, wan: w, bdr: nodes})
+			loads: loads, hbFrom: nodes, hbTo: nodes, wan: w, bdr: nodes, cpu: cpu})
 		if err != nil {
 			return nil, err
 		}
@@ -425,7 +482,26 @@ func (r *wanRun) startSiteBdrd(ctx context.Context, w *wan, s *site) error {
 	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen,
 		"--public-dsn", proxyDSN(pg, "bench"), "--admin-advertise", s.admin,
 		"--gossip-advertise", gossip, "--raft-advertise", raft)
+	if err == nil && r.cg != nil {
+		err = r.cg.place(s.n, s.bdrd.cmd.Process.Pid)
+	}
 	return err
+}
+
+// startServer starts a PostgreSQL server of site, with the benchmark's
+// settings, and moves it into the site's cgroups: the postmaster, then
+// the processes it has forked so far; those it forks later (every
+// connection's backend) are born there.
+func (r *wanRun) startServer(ctx context.Context, site int, opts pgcluster.Options) (*pgcluster.Server, error) {
+	opts.Dir, opts.Settings = r.cfg.Dir, serverSettings
+	s, err := pgcluster.Start(ctx, opts)
+	if err != nil || r.cg == nil {
+		return s, err
+	}
+	if err := r.cg.placeTree(site, s.PID()); err != nil {
+		return nil, errors.Join(err, s.Remove())
+	}
+	return s, nil
 }
 
 // waitStreaming waits until the group has all its n*(n-1) streams

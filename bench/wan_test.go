@@ -83,15 +83,17 @@ func openFDs(t *testing.T) int {
 	return len(fds)
 }
 
-// TestWAN runs every mode briefly over a 10 ms round trip and checks the
-// figures are sane: replication lag above the one-way delay, the remote
-// writer's latency above the round trip, conflicts only with writers at
-// both sites, bytes on the links; and that nothing is left running.
+// TestWAN runs every mode briefly over a 10 ms round trip, every site
+// sharing the CPUs, and checks the figures are sane: replication lag above
+// the one-way delay, the remote writer's latency above the round trip,
+// conflicts only with writers at both sites, bytes on the links; and that
+// nothing is left running. TestWANSiteCPUs runs with CPUs of their own.
 func TestWAN(t *testing.T) {
 	dir := t.TempDir()
 	fds := openFDs(t)
 	cfg := WANConfig{Bdrd: bdrd(t), Nodes: 2, Shape: Shape{RTT: 10 * time.Millisecond, Bandwidth: 100e6},
-		Scale: 1, Clients: 2, Rate: 100, Duration: 3 * time.Second, Dir: dir, Progress: testWriter{t, time.Now()}, ProgressEvery: time.Second}
+		Scale: 1, Clients: 2, Rate: 100, Duration: 3 * time.Second, Dir: dir, Progress: testWriter{t, time.Now()}, ProgressEvery: time.Second,
+		SiteCPUs: SiteCPUsOff}
 	res, err := RunWAN(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +105,9 @@ func TestWAN(t *testing.T) {
 	if len(res.Modes) != 4 {
 		t.Fatalf("%d modes, want 4", len(res.Modes))
 	}
+	if res.SiteCPUs != nil || !strings.Contains(res.Report(), "CPUs: shared by every site (--site-cpus off)") {
+		t.Errorf("site CPUs %q with --site-cpus off; report:\n%s", res.SiteCPUs, res.Report())
+	}
 	oneWay := 5.0
 	for _, m := range res.Modes {
 		if m.TPS <= 0 || m.Transactions <= 0 || m.Failed != 0 || len(m.TPSSeries) < 3 {
@@ -110,6 +115,9 @@ func TestWAN(t *testing.T) {
 		}
 		if m.LatencyP50 <= 0 || m.LatencyP99 < m.LatencyP50 || m.LatencyAvg <= 0 {
 			t.Errorf("%s: latency avg %.2f p50 %.2f p99 %.2f", m.Mode, m.LatencyAvg, m.LatencyP50, m.LatencyP99)
+		}
+		if m.CPU != nil {
+			t.Errorf("%s: CPU figures %+v with the CPUs shared", m.Mode, m.CPU)
 		}
 		if m.Mode == ModeBaseline {
 			if m.Lag != nil || m.Conflicts != nil || m.Links != nil {
@@ -174,6 +182,9 @@ func TestWANInterrupt(t *testing.T) {
 	}
 	if left := leftovers(t, dir, fds); len(left) > 0 {
 		t.Errorf("left behind: %q", left)
+	}
+	if left := ownCgroups(t); len(left) > 0 {
+		t.Errorf("cgroups left behind: %q", left)
 	}
 }
 

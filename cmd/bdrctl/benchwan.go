@@ -27,6 +27,7 @@ func benchWAN(ctx context.Context, fs *flag.FlagSet, args []string, bdrd, dir *s
 	modes := fs.String("modes", strings.Join(bench.AllModes, ","), "modes to run, comma separated")
 	out := fs.String("out", "", "directory for a Markdown report, charts and the JSON result")
 	seed := fs.Bool("compare-seed", false, "also print the figures next to PGECons 2016's Tokyo-Singapore ones")
+	fs.StringVar(&cfg.SiteCPUs, "site-cpus", bench.SiteCPUsAuto, "CPUs of each site, as if each were a machine of its own (cgroup v1 cpusets): auto (split this machine's CPUs, when cgroups allow), off (shared), or a cpuset per site separated by / (0/1, 0-1/2-3); the baseline runs on site 1's")
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err
 	}

@@ -230,6 +230,8 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"bench", "wan", "--duration", "1500ms"}, "--duration must be a whole number of seconds"},
 		{[]string{"bench", "wan", "--bdrd", "/nonexistent/bdrd"}, "bdrd binary"},
 		{[]string{"bench", "wan", "extra"}, "takes no arguments"},
+		{[]string{"bench", "wan", "--site-cpus", "0/x"}, `cpu list "x"`},
+		{[]string{"bench", "wan", "--site-cpus", "0-1"}, "1 cpusets for 2 sites"},
 		{[]string{"bench", "pgbench", "--clients", "0"}, "--scale and --clients must be at least 1"},
 		{[]string{"bench", "frob"}, "apply, join, wan or pgbench"},
 	} {
