@@ -19,7 +19,15 @@ import (
 // child of it, its bdrd, the pgbench clients at the site) run in a cgroup
 // v1 cpuset of the site's own CPUs, and a cpuacct group of the same name
 // counts what they use. bdrctl itself (the WAN links' proxies, the
-// heartbeat) stays outside: it is the network and the observer.
+// heartbeat) is in no cpuset: it is the network and the observer, and
+// runs on any CPU.
+//
+// A cpuset keeps a site on its CPUs but does not keep the rest of the
+// machine off them. With a weight, the sites and bdrctl also get a group
+// each in the cpu hierarchy, under a parent whose cpu.shares make each of
+// them weigh as much as that many processes of the machine: a woken site
+// process then runs at once instead of queueing behind other work, which
+// a serial apply, one round trip after another, needs.
 
 // cgroupBase is where the cgroup v1 hierarchies are mounted.
 const cgroupBase = "/sys/fs/cgroup"
@@ -164,15 +172,20 @@ type cgroups struct {
 	name string   // the parent group
 	cpus []string // cpuset of each site, site 1 first
 	acct bool     // cpuacct groups too
+	// weight is the cpu groups' weight (0: none made); weightErr why
+	// they could not be made.
+	weight    int
+	weightErr error
 	// stale names the groups of runs that died, removed when this one
 	// began.
 	stale []string
 }
 
 // newCgroups makes the cgroups of a run, one per site with the given
-// cpusets, after removing those left by runs that died. On error nothing
-// of them is left.
-func newCgroups(base string, cpus []string) (*cgroups, error) {
+// cpusets, after removing those left by runs that died; with a weight,
+// the cpu groups of the sites and of this process, which it moves there.
+// On error nothing of them is left.
+func newCgroups(base string, cpus []string, weight int) (*cgroups, error) {
 	c := &cgroups{base: base, cpus: cpus}
 	c.stale = removeStaleCgroups(base)
 	root := filepath.Join(base, "cpuset")
@@ -216,7 +229,40 @@ func newCgroups(base string, cpus []string) (*cgroups, error) {
 	if !c.acct {
 		_ = removeGroup(filepath.Join(base, "cpuacct"), c.name) // what was made of it, if any
 	}
+	if weight > 0 {
+		if c.weightErr = c.makeWeighted(weight); c.weightErr == nil {
+			c.weight = weight
+		} else {
+			_ = removeGroup(filepath.Join(base, "cpu"), c.name)
+		}
+	}
 	return c, nil
+}
+
+// nice0Shares is the cpu.shares of one process of nice 0.
+const nice0Shares = 1024
+
+// makeWeighted makes the cpu groups: the parent weighs weight nice-0
+// processes for each of its groups (the sites and bdrctl), which share it
+// equally; this process goes into its group.
+func (c *cgroups) makeWeighted(weight int) error {
+	root := filepath.Join(c.base, "cpu")
+	groups := len(c.cpus) + 1
+	if err := os.Mkdir(filepath.Join(root, c.name), 0o755); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(root, c.name, "cpu.shares"), strconv.Itoa(min(weight*nice0Shares*groups, 262144))); err != nil {
+		return err
+	}
+	for i := range c.cpus {
+		if err := os.Mkdir(c.dir("cpu", i+1), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(filepath.Join(root, c.name, "bdrctl"), 0o755); err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(root, c.name, "bdrctl", "cgroup.procs"), strconv.Itoa(os.Getpid()))
 }
 
 // dir is the group of site in the hierarchy of controller.
@@ -225,10 +271,14 @@ func (c *cgroups) dir(controller string, site int) string {
 }
 
 func (c *cgroups) controllers() []string {
+	out := []string{"cpuset"}
 	if c.acct {
-		return []string{"cpuset", "cpuacct"}
+		out = append(out, "cpuacct")
 	}
-	return []string{"cpuset"}
+	if c.weight > 0 {
+		out = append(out, "cpu")
+	}
+	return out
 }
 
 // siteCPUs is the cpuset of site.
@@ -275,12 +325,12 @@ func (c *cgroups) usage(site int) (time.Duration, bool) {
 	return time.Duration(ns), err == nil
 }
 
-// remove moves any process left in the run's groups back to the root
-// groups and removes them.
+// remove moves any process left in the run's groups, this one too, back
+// to the root groups and removes them.
 func (c *cgroups) remove() error {
 	var errs []error
-	for _, ctrl := range []string{"cpuacct", "cpuset"} {
-		if ctrl == "cpuacct" && !c.acct {
+	for _, ctrl := range []string{"cpu", "cpuacct", "cpuset"} {
+		if (ctrl == "cpuacct" && !c.acct) || (ctrl == "cpu" && c.weight == 0) {
 			continue
 		}
 		if err := removeGroup(filepath.Join(c.base, ctrl), c.name); err != nil {
@@ -333,7 +383,7 @@ func removeEmptied(root, dir string) error {
 // (killed before it could remove them) and returns their names.
 func removeStaleCgroups(base string) []string {
 	var removed []string
-	for _, ctrl := range []string{"cpuset", "cpuacct"} {
+	for _, ctrl := range []string{"cpuset", "cpuacct", "cpu"} {
 		root := filepath.Join(base, ctrl)
 		dirs, _ := filepath.Glob(filepath.Join(root, cgroupPrefix+"*"))
 		for _, d := range dirs {

@@ -119,7 +119,7 @@ func requireCgroups(t *testing.T) []string {
 	if err != nil || cpus == nil {
 		t.Skipf("the sites cannot have CPUs of their own here, so their cgroups are not tested: %s%v", note, err)
 	}
-	cg, err := newCgroups(cgroupBase, cpus)
+	cg, err := newCgroups(cgroupBase, cpus, 0)
 	if err != nil {
 		t.Skipf("cgroups cannot be made here, so the sites' cgroups are not tested: %v", err)
 	}
@@ -133,7 +133,7 @@ func requireCgroups(t *testing.T) []string {
 func ownCgroups(t *testing.T) []string {
 	t.Helper()
 	var out []string
-	for _, ctrl := range []string{"cpuset", "cpuacct"} {
+	for _, ctrl := range []string{"cpuset", "cpuacct", "cpu"} {
 		m, err := filepath.Glob(filepath.Join(cgroupBase, ctrl, cgroupPrefix+strconv.Itoa(os.Getpid())+"-*"))
 		if err != nil {
 			t.Fatal(err)
@@ -144,12 +144,23 @@ func ownCgroups(t *testing.T) []string {
 }
 
 // TestCgroups places a process tree into a site's groups, counts its CPU,
-// and removes the groups with a process still in them.
+// and removes the groups with a process still in them; with a weight,
+// this process is in the weighted bdrctl group until then.
 func TestCgroups(t *testing.T) {
 	cpus := requireCgroups(t)
-	cg, err := newCgroups(cgroupBase, cpus)
+	cg, err := newCgroups(cgroupBase, cpus, 10)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cg.weightErr != nil {
+		t.Logf("no cpu groups here, the weight is not tested: %v", cg.weightErr)
+	} else {
+		if got, err := cgroupOf(os.Getpid(), "cpu"); err != nil || got != "/"+cg.name+"/bdrctl" {
+			t.Errorf("this process is in cpu group %q (%v), want the run's bdrctl group", got, err)
+		}
+		if b, _ := readTrim(filepath.Join(cgroupBase, "cpu", cg.name, "cpu.shares")); b != strconv.Itoa(10*1024*3) {
+			t.Errorf("cpu.shares of the run's cpu group: %s, want 10 processes' for each of 3 groups", b)
+		}
 	}
 	defer func() {
 		if err := cg.remove(); err != nil {
@@ -210,8 +221,12 @@ func TestCgroups(t *testing.T) {
 	if err := cg.remove(); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := cgroupOf(cmd.Process.Pid, "cpuset"); got != "/" {
-		t.Errorf("after the removal the process is in cpuset %q, want /", got)
+	for _, pid := range []int{cmd.Process.Pid, os.Getpid()} {
+		for _, ctrl := range []string{"cpuset", "cpu"} {
+			if got, _ := cgroupOf(pid, ctrl); got != "/" {
+				t.Errorf("after the removal process %d is in %s group %q, want /", pid, ctrl, got)
+			}
+		}
 	}
 	if left := ownCgroups(t); len(left) > 0 {
 		t.Errorf("left behind: %v", left)

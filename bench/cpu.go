@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,10 @@ type SiteCPU struct {
 	WalsenderPct float64 `json:"walsender_pct,omitempty"`
 	BdrdPct      float64 `json:"bdrd_pct,omitempty"`
 	PgbenchPct   float64 `json:"pgbench_pct,omitempty"`
+	// OthersPct is what processes outside the site used of its CPUs:
+	// bdrctl (the links), other work on this machine, the kernel's
+	// threads. The site's CPUs are its own only where nothing else runs.
+	OthersPct float64 `json:"others_pct"`
 }
 
 // cpuSite is a site whose CPU a measurement reports.
@@ -53,6 +58,7 @@ type cpuMeter struct {
 	bdrd  []time.Duration         // per site: bdrd's CPU at start
 	wals  []map[int]time.Duration // per site: each walsender's CPU at start
 	self  time.Duration
+	busy  map[int]time.Duration // per CPU: busy time at start (/proc/stat)
 }
 
 // startCPU notes the CPU used so far; nil when the sites share the CPUs or
@@ -61,7 +67,7 @@ func startCPU(cg *cgroups, sites []cpuSite) *cpuMeter {
 	if cg == nil || !cg.acct || len(sites) == 0 {
 		return nil
 	}
-	m := &cpuMeter{cg: cg, sites: sites, start: time.Now(), self: selfCPU()}
+	m := &cpuMeter{cg: cg, sites: sites, start: time.Now(), self: selfCPU(), busy: cpuBusy()}
 	for _, s := range sites {
 		u, _ := cg.usage(s.site)
 		m.group = append(m.group, u)
@@ -92,11 +98,16 @@ func (m *cpuMeter) stop(pgbench map[int]time.Duration) *CPUUse {
 	}
 	wall := time.Since(m.start)
 	out := &CPUUse{BdrctlPct: pct(selfCPU()-m.self, wall, 1)}
+	busy := cpuBusy()
 	for i, s := range m.sites {
 		set := m.cg.siteCPUs(s.site)
 		list, _ := parseCPUList(set)
 		u, _ := m.cg.usage(s.site)
-		busy := u - m.group[i]
+		used := u - m.group[i]
+		var all time.Duration // of the site's CPUs, by anyone
+		for _, c := range list {
+			all += busy[c] - m.busy[c]
+		}
 		var bdrd time.Duration
 		if s.bdrd != 0 {
 			bdrd = max(pidCPU(s.bdrd)-m.bdrd[i], 0)
@@ -107,7 +118,8 @@ func (m *cpuMeter) stop(pgbench map[int]time.Duration) *CPUUse {
 			wal += max(cpu-m.wals[i][pid], 0) // a new one: all of it
 		}
 		out.Sites = append(out.Sites, SiteCPU{Site: fmt.Sprintf("site%d", s.site), Role: s.role, CPUs: set,
-			BusyPct: pct(busy, wall, len(list)), PostgresPct: pct(max(busy-bdrd-pg, 0), wall, len(list)),
+			BusyPct: pct(used, wall, len(list)), PostgresPct: pct(max(used-bdrd-pg, 0), wall, len(list)),
+			OthersPct:    pct(max(all-used, 0), wall, len(list)),
 			WalsenderPct: pct(wal, wall, len(list)), BdrdPct: pct(bdrd, wall, len(list)), PgbenchPct: pct(pg, wall, len(list))})
 	}
 	return out
@@ -130,6 +142,37 @@ func pidCPU(pid int) time.Duration {
 		return 0
 	}
 	return st.cpu
+}
+
+// cpuBusy is the time each CPU has been busy (not idle nor waiting for
+// I/O) since boot, from /proc/stat; nil when it cannot be read.
+func cpuBusy() map[int]time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil
+	}
+	out := map[int]time.Duration{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		c, err := strconv.Atoi(strings.TrimPrefix(f[0], "cpu"))
+		if err != nil {
+			continue
+		}
+		var ticks int64
+		for i, v := range f[1:] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			// user nice system idle iowait irq softirq steal guest
+			// guest_nice: guest time is counted in user already.
+			if i != 3 && i != 4 && i < 8 {
+				ticks += n
+			}
+		}
+		out[c] = time.Duration(ticks) * time.Second / userHZ
+	}
+	return out
 }
 
 // selfCPU is the CPU time this process used so far.
@@ -160,7 +203,7 @@ func (u *CPUUse) String() string {
 		if c.BdrdPct > 0 {
 			parts = append(parts, fmt.Sprintf("bdrd %.0f%%", c.BdrdPct))
 		}
-		s = append(s, fmt.Sprintf("%s on %s busy %.0f%% (%s)", who, cpusText(c.CPUs), c.BusyPct, strings.Join(parts, ", ")))
+		s = append(s, fmt.Sprintf("%s on %s busy %.0f%% (%s), others %.0f%%", who, cpusText(c.CPUs), c.BusyPct, strings.Join(parts, ", "), c.OthersPct))
 	}
 	return fmt.Sprintf("%s; bdrctl %.0f%% of a cpu", strings.Join(s, "; "), u.BdrctlPct)
 }

@@ -14,11 +14,14 @@
 //     (at one site, then at all at once), and one server without
 //     replication; TPS and latency from pgbench's per-transaction logs,
 //     replication lag from a heartbeat table, conflicts, bytes per link.
+//     Each site runs on CPUs of its own (cgroup v1 cpusets, cgroup.go),
+//     the baseline on site 1's, and the sites' CPU use is measured
+//     (cpuacct, cpu.go).
 //   - RunSites: the same measurements against an existing group (real
 //     sites), pgbench from this host to one member and the lag between
 //     every pair of members.
 //
 // Functions are safe for concurrent use; each run owns its servers,
-// processes and proxies, and removes them also when its context is
-// cancelled.
+// processes, proxies and cgroups, and removes them also when its context
+// is cancelled.
 package bench

@@ -44,7 +44,15 @@ func (r WANResult) cpusText() string {
 	for i, set := range r.SiteCPUs {
 		s = append(s, fmt.Sprintf("site%d %s", i+1, cpusText(set)))
 	}
-	return fmt.Sprintf("CPUs: %s (a cgroup cpuset each; the baseline on site1's; bdrctl, which runs the links, on any)", strings.Join(s, ", "))
+	weight := "no weight against other work"
+	switch {
+	case r.SiteWeight > 0:
+		weight = fmt.Sprintf("each site and bdrctl weighing %d processes of the machine", r.SiteWeight)
+	case r.SiteWeightNote != "":
+		weight = "no weight against other work: " + r.SiteWeightNote
+	}
+	return fmt.Sprintf("CPUs: %s (a cgroup cpuset each; the baseline on site1's; bdrctl, which runs the links, on any, GOMAXPROCS %d; %s)",
+		strings.Join(s, ", "), r.BdrctlProcs, weight)
 }
 
 func rateText(rate int) string {

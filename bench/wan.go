@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,11 @@ type WANConfig struct {
 	// them; a list gives each site its cpuset, site 1 first, separated by
 	// "/" ("0/1", "0-1/2-3"). The baseline runs on site 1's CPUs.
 	SiteCPUs string
+	// SiteWeight, with site CPUs, makes each site and bdrctl weigh as
+	// much as that many other processes of this machine on the CPUs (a
+	// cgroup v1 cpu group each): other work then runs on a site's CPUs
+	// only when the site leaves room. 0: no weight.
+	SiteWeight int
 }
 
 // Validate checks the configuration and fills defaults.
@@ -64,6 +70,8 @@ func (c *WANConfig) Validate() error {
 		return errors.New("bench wan: --scale and --clients must be at least 1 and --rate not negative")
 	case c.Duration < time.Second || c.Duration%time.Second != 0:
 		return errors.New("bench wan: --duration must be a whole number of seconds, at least 1s")
+	case c.SiteWeight < 0 || c.SiteWeight > 64:
+		return errors.New("bench wan: --site-weight must be 0 to 64")
 	case c.Shape.RTT < 0 || c.Shape.Jitter < 0 || c.Shape.Bandwidth < 0:
 		return errors.New("bench wan: --rtt, --jitter and --bandwidth must not be negative")
 	case c.Shape.RTT%time.Millisecond != 0 || c.Shape.Jitter%time.Millisecond != 0:
@@ -166,9 +174,16 @@ type WANResult struct {
 	// SiteCPUs is the cpuset of each site, site 1 first (the baseline
 	// runs on site 1's); none when the sites share the CPUs, and then
 	// SiteCPUsNote says why.
-	SiteCPUs     []string     `json:"site_cpus,omitempty"`
-	SiteCPUsNote string       `json:"site_cpus_note,omitempty"`
-	Modes        []ModeResult `json:"modes"`
+	SiteCPUs     []string `json:"site_cpus,omitempty"`
+	SiteCPUsNote string   `json:"site_cpus_note,omitempty"`
+	// SiteWeight is the weight the sites and bdrctl had (0: none), and
+	// SiteWeightNote why none when one was asked for.
+	SiteWeight     int    `json:"site_weight,omitempty"`
+	SiteWeightNote string `json:"site_weight_note,omitempty"`
+	// BdrctlProcs is GOMAXPROCS of the process that ran the benchmark
+	// (bdrctl: the WAN links' proxies, the heartbeat).
+	BdrctlProcs int          `json:"bdrctl_gomaxprocs"`
+	Modes       []ModeResult `json:"modes"`
 }
 
 // Mode returns the result of mode, if it ran.
@@ -219,13 +234,14 @@ func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 	defer os.RemoveAll(dir)
 	r := &wanRun{cfg: cfg, pgbench: filepath.Join(bin, "pgbench"), dir: dir}
 	res := WANResult{Nodes: cfg.Nodes, RTTms: ms(cfg.Shape.RTT), JitterMs: ms(cfg.Shape.Jitter), Bandwidth: cfg.Shape.Bandwidth,
-		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC()}
+		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC(),
+		BdrctlProcs: runtime.GOMAXPROCS(0)}
 	cpus, note, err := planSiteCPUs(cgroupBase, cfg.SiteCPUs, cfg.Nodes)
 	if err != nil {
 		return res, fmt.Errorf("bench wan: %w", err)
 	}
 	if cpus != nil {
-		if r.cg, err = newCgroups(cgroupBase, cpus); err != nil {
+		if r.cg, err = newCgroups(cgroupBase, cpus, cfg.SiteWeight); err != nil {
 			if cfg.SiteCPUs != SiteCPUsAuto {
 				return res, fmt.Errorf("bench wan: --site-cpus %s: %w", cfg.SiteCPUs, err)
 			}
@@ -239,6 +255,11 @@ func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 		}
 		if !r.cg.acct {
 			r.say("note: %s is not writable: the sites' CPU use is not measured", filepath.Join(cgroupBase, "cpuacct"))
+		}
+		res.SiteWeight = r.cg.weight
+		if r.cg.weightErr != nil {
+			res.SiteWeightNote = fmt.Sprintf("cgroup v1 cpu groups: %v", r.cg.weightErr)
+			r.say("note: the sites have no weight against other work on this machine: %s", res.SiteWeightNote)
 		}
 	}
 	res.SiteCPUs, res.SiteCPUsNote = cpus, note

@@ -36,7 +36,7 @@ func TestWANSiteCPUs(t *testing.T) {
 	fds := openFDs(t)
 	pc := &placementCheck{t: t, dir: dir, start: time.Now(), checked: map[string]int{}}
 	cfg := WANConfig{Bdrd: bdrd(t), Nodes: 2, Shape: Shape{RTT: 10 * time.Millisecond}, Scale: 1, Clients: 2, Rate: 100,
-		Duration: 3 * time.Second, Dir: dir, Progress: pc, ProgressEvery: time.Second}
+		Duration: 3 * time.Second, Dir: dir, Progress: pc, ProgressEvery: time.Second, SiteWeight: 10}
 	res, err := RunWAN(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +66,15 @@ func TestWANSiteCPUs(t *testing.T) {
 	if fmt.Sprint(res.SiteCPUs) != fmt.Sprint(cpus) || res.SiteCPUsNote != "" {
 		t.Errorf("site CPUs %q (note %q), want %q", res.SiteCPUs, res.SiteCPUsNote, cpus)
 	}
+	if res.SiteWeight != 10 && res.SiteWeightNote == "" {
+		t.Errorf("site weight %d without a note why, want 10", res.SiteWeight)
+	}
+	if res.SiteWeight == 10 && !strings.Contains(report, "each site and bdrctl weighing 10 processes of the machine") {
+		t.Errorf("the report does not say the weight")
+	}
+	if got, _ := cgroupOf(os.Getpid(), "cpu"); got != "/" {
+		t.Errorf("after the run this process is in cpu group %q, want /", got)
+	}
 	if want := fmt.Sprintf("CPUs: site1 %s, site2 %s (a cgroup cpuset each", cpusText(cpus[0]), cpusText(cpus[1])); !strings.Contains(report, want) {
 		t.Errorf("the report does not say %q", want)
 	}
@@ -79,8 +88,8 @@ func TestWANSiteCPUs(t *testing.T) {
 		var got []string
 		for _, s := range m.CPU.Sites {
 			got = append(got, s.Site+" "+s.Role)
-			if s.BusyPct <= 0 || s.BusyPct > 120 || s.PostgresPct <= 0 || s.PostgresPct > s.BusyPct+0.01 {
-				t.Errorf("%s: %s busy %.1f%%, postgres %.1f%%", m.Mode, s.Site, s.BusyPct, s.PostgresPct)
+			if s.BusyPct <= 0 || s.BusyPct > 120 || s.PostgresPct <= 0 || s.PostgresPct > s.BusyPct+0.01 || s.OthersPct < 0 || s.OthersPct > 120 {
+				t.Errorf("%s: %s busy %.1f%%, postgres %.1f%%, others %.1f%%", m.Mode, s.Site, s.BusyPct, s.PostgresPct, s.OthersPct)
 			}
 			if s.CPUs != res.SiteCPUs[s.Site[len(s.Site)-1]-'1'] {
 				t.Errorf("%s: %s on cpus %q, want %q", m.Mode, s.Site, s.CPUs, res.SiteCPUs)
@@ -157,8 +166,10 @@ func checkPlacement(dir, mode string) (int, []string) {
 	var problems []string
 	found := 0
 	controllers := []string{"cpuset"}
-	if m, _ := filepath.Glob(filepath.Join(cgroupBase, "cpuacct", fmt.Sprintf("%s%d-*", cgroupPrefix, os.Getpid()))); len(m) > 0 {
-		controllers = append(controllers, "cpuacct")
+	for _, ctrl := range []string{"cpuacct", "cpu"} {
+		if m, _ := filepath.Glob(filepath.Join(cgroupBase, ctrl, fmt.Sprintf("%s%d-*", cgroupPrefix, os.Getpid()))); len(m) > 0 {
+			controllers = append(controllers, ctrl)
+		}
 	}
 	in := func(what string, pid, site int) {
 		for _, ctrl := range controllers {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -28,8 +29,20 @@ func benchWAN(ctx context.Context, fs *flag.FlagSet, args []string, bdrd, dir *s
 	out := fs.String("out", "", "directory for a Markdown report, charts and the JSON result")
 	seed := fs.Bool("compare-seed", false, "also print the figures next to PGECons 2016's Tokyo-Singapore ones")
 	fs.StringVar(&cfg.SiteCPUs, "site-cpus", bench.SiteCPUsAuto, "CPUs of each site, as if each were a machine of its own (cgroup v1 cpusets): auto (split this machine's CPUs, when cgroups allow), off (shared), or a cpuset per site separated by / (0/1, 0-1/2-3); the baseline runs on site 1's")
+	fs.IntVar(&cfg.SiteWeight, "site-weight", 10, "with site CPUs, each site and bdrctl weigh as much as this many other processes of the machine on the CPUs (cgroup v1 cpu.shares; 0: no weight)")
+	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of bdrctl, which runs the WAN links and the heartbeat (0: every CPU)")
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err
+	}
+	if *procs < 0 {
+		return usageError{"--gomaxprocs must not be negative"}
+	}
+	// The links' proxies hand every chunk between goroutines: spread over
+	// every CPU, the Go scheduler's hand-offs between threads cost several
+	// times the CPU the links need (on a 2-CPU machine, 30-45% of a CPU
+	// against 10-18% on one thread), CPU the sites lose.
+	if *procs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(*procs))
 	}
 	bw, err := bench.ParseBandwidth(*bandwidth)
 	if err != nil {
