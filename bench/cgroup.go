@@ -19,8 +19,9 @@ import (
 // child of it, its bdrd, the pgbench clients at the site) run in a cgroup
 // v1 cpuset of the site's own CPUs, and a cpuacct group of the same name
 // counts what they use. bdrctl itself (the WAN links' proxies, the
-// heartbeat) is in no cpuset: it is the network and the observer, and
-// runs on any CPU.
+// heartbeat) is the network and the observer: it runs on every CPU but
+// site 1's, when there are others, since the baseline, which mm-local is
+// compared with, runs on site 1's CPUs and has no network.
 //
 // A cpuset keeps a site on its CPUs but does not keep the rest of the
 // machine off them. With a weight, the sites and bdrctl also get a group
@@ -171,7 +172,10 @@ type cgroups struct {
 	base string
 	name string   // the parent group
 	cpus []string // cpuset of each site, site 1 first
-	acct bool     // cpuacct groups too
+	// netCPUs is the cpuset of this process, the network ("" when it
+	// could not leave site 1's CPUs: it stays on all).
+	netCPUs string
+	acct    bool // cpuacct groups too
 	// weight is the cpu groups' weight (0: none made); weightErr why
 	// they could not be made.
 	weight    int
@@ -217,6 +221,9 @@ func newCgroups(base string, cpus []string, weight int) (*cgroups, error) {
 			err = errors.Join(writeFile(filepath.Join(dir, "cpuset.cpus"), set), writeFile(filepath.Join(dir, "cpuset.mems"), mems))
 		}
 	}
+	if err == nil {
+		err = c.placeSelf(root, rootCPUs, mems)
+	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("cgroups: %w", err), c.remove())
 	}
@@ -237,6 +244,31 @@ func newCgroups(base string, cpus []string, weight int) (*cgroups, error) {
 		}
 	}
 	return c, nil
+}
+
+// placeSelf moves this process into a cpuset of every CPU of the machine
+// but site 1's, if any.
+func (c *cgroups) placeSelf(root, rootCPUs, mems string) error {
+	all, err1 := parseCPUList(rootCPUs)
+	site1, err2 := parseCPUList(c.cpus[0])
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	others := slices.DeleteFunc(all, func(cpu int) bool { return slices.Contains(site1, cpu) })
+	if len(others) == 0 {
+		return nil
+	}
+	dir := filepath.Join(root, c.name, "bdrctl")
+	set := formatCPUList(others)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	if err := errors.Join(writeFile(filepath.Join(dir, "cpuset.cpus"), set), writeFile(filepath.Join(dir, "cpuset.mems"), mems),
+		writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(os.Getpid()))); err != nil {
+		return err
+	}
+	c.netCPUs = set
+	return nil
 }
 
 // nice0Shares is the cpu.shares of one process of nice 0.

@@ -144,13 +144,19 @@ func ownCgroups(t *testing.T) []string {
 }
 
 // TestCgroups places a process tree into a site's groups, counts its CPU,
-// and removes the groups with a process still in them; with a weight,
-// this process is in the weighted bdrctl group until then.
+// and removes the groups with a process still in them; until then this
+// process is in the bdrctl groups: a cpuset of every CPU but site 1's
+// and, with a weight, the weighted cpu group.
 func TestCgroups(t *testing.T) {
 	cpus := requireCgroups(t)
 	cg, err := newCgroups(cgroupBase, cpus, 10)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got, err := cgroupOf(os.Getpid(), "cpuset"); err != nil || got != "/"+cg.name+"/bdrctl" || cg.netCPUs == "" {
+		t.Errorf("this process is in cpuset %q (%v) of cpus %q, want the run's bdrctl group", got, err, cg.netCPUs)
+	} else if b, _ := readTrim(filepath.Join(cgroupBase, "cpuset", cg.name, "bdrctl", "cpuset.cpus")); strings.Contains(","+b+",", ","+cpus[0]+",") {
+		t.Errorf("bdrctl's cpuset %q holds site1's cpus %q", b, cpus[0])
 	}
 	if cg.weightErr != nil {
 		t.Logf("no cpu groups here, the weight is not tested: %v", cg.weightErr)

@@ -51,8 +51,12 @@ func (r WANResult) cpusText() string {
 	case r.SiteWeightNote != "":
 		weight = "no weight against other work: " + r.SiteWeightNote
 	}
-	return fmt.Sprintf("CPUs: %s (a cgroup cpuset each; the baseline on site1's; bdrctl, which runs the links, on any, GOMAXPROCS %d; %s)",
-		strings.Join(s, ", "), r.BdrctlProcs, weight)
+	net := "any"
+	if r.BdrctlCPUs != "" {
+		net = cpusText(r.BdrctlCPUs) + " (all but site1's)"
+	}
+	return fmt.Sprintf("CPUs: %s (a cgroup cpuset each; the baseline on site1's; bdrctl, which runs the links, on %s, GOMAXPROCS %d; %s)",
+		strings.Join(s, ", "), net, r.BdrctlProcs, weight)
 }
 
 func rateText(rate int) string {

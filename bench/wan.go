@@ -176,6 +176,9 @@ type WANResult struct {
 	// SiteCPUsNote says why.
 	SiteCPUs     []string `json:"site_cpus,omitempty"`
 	SiteCPUsNote string   `json:"site_cpus_note,omitempty"`
+	// BdrctlCPUs is the cpuset of bdrctl (the links, the heartbeat):
+	// every CPU but site 1's; "" for any.
+	BdrctlCPUs string `json:"bdrctl_cpus,omitempty"`
 	// SiteWeight is the weight the sites and bdrctl had (0: none), and
 	// SiteWeightNote why none when one was asked for.
 	SiteWeight     int    `json:"site_weight,omitempty"`
@@ -256,7 +259,7 @@ func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 		if !r.cg.acct {
 			r.say("note: %s is not writable: the sites' CPU use is not measured", filepath.Join(cgroupBase, "cpuacct"))
 		}
-		res.SiteWeight = r.cg.weight
+		res.SiteWeight, res.BdrctlCPUs = r.cg.weight, r.cg.netCPUs
 		if r.cg.weightErr != nil {
 			res.SiteWeightNote = fmt.Sprintf("cgroup v1 cpu groups: %v", r.cg.weightErr)
 			r.say("note: the sites have no weight against other work on this machine: %s", res.SiteWeightNote)

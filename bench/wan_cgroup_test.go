@@ -72,8 +72,13 @@ func TestWANSiteCPUs(t *testing.T) {
 	if res.SiteWeight == 10 && !strings.Contains(report, "each site and bdrctl weighing 10 processes of the machine") {
 		t.Errorf("the report does not say the weight")
 	}
-	if got, _ := cgroupOf(os.Getpid(), "cpu"); got != "/" {
-		t.Errorf("after the run this process is in cpu group %q, want /", got)
+	for _, ctrl := range []string{"cpuset", "cpu"} {
+		if got, _ := cgroupOf(os.Getpid(), ctrl); got != "/" {
+			t.Errorf("after the run this process is in %s group %q, want /", ctrl, got)
+		}
+	}
+	if res.BdrctlCPUs == "" || !strings.Contains(report, "bdrctl, which runs the links, on "+cpusText(res.BdrctlCPUs)+" (all but site1's)") {
+		t.Errorf("bdrctl on cpus %q; report:\n%s", res.BdrctlCPUs, report)
 	}
 	if want := fmt.Sprintf("CPUs: site1 %s, site2 %s (a cgroup cpuset each", cpusText(cpus[0]), cpusText(cpus[1])); !strings.Contains(report, want) {
 		t.Errorf("the report does not say %q", want)
