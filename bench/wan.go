@@ -219,9 +219,10 @@ var serverSettings = map[string]string{"shared_buffers": "128MB", "max_wal_size"
 // RunWAN runs pgbench in each mode on servers of this machine whose sites
 // reach each other only through emulated WAN links, and measures TPS,
 // latency, replication lag, conflicts and the bytes on each link. Each
-// site runs on CPUs of its own when cfg.SiteCPUs allows it. Every server,
-// bdrd, proxy and cgroup it makes is gone when it returns, also when ctx
-// is cancelled.
+// site runs on CPUs of its own when cfg.SiteCPUs allows it; this process
+// then runs in cgroups of its own until it returns (runs at once in one
+// process share whichever placement came last). Every server, bdrd, proxy
+// and cgroup it makes is gone when it returns, also when ctx is cancelled.
 func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 	if err := cfg.Validate(); err != nil {
 		return WANResult{}, err

@@ -232,6 +232,8 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"bench", "wan", "extra"}, "takes no arguments"},
 		{[]string{"bench", "wan", "--site-cpus", "0/x"}, `cpu list "x"`},
 		{[]string{"bench", "wan", "--site-cpus", "0-1"}, "1 cpusets for 2 sites"},
+		{[]string{"bench", "wan", "--site-weight", "-1"}, "--site-weight must be 0 to 64"},
+		{[]string{"bench", "wan", "--gomaxprocs", "-1"}, "--gomaxprocs must not be negative"},
 		{[]string{"bench", "pgbench", "--clients", "0"}, "--scale and --clients must be at least 1"},
 		{[]string{"bench", "frob"}, "apply, join, wan or pgbench"},
 	} {
