@@ -522,6 +522,8 @@ $$;
 `,
 	// 7: per-table conflict resolvers (resolvers.go).
 	migrationResolvers,
+	// 8: tombstones of deleted rows (tombstones.go).
+	migrationTombstones,
 }
 
 // Version is the schema version this build installs.
