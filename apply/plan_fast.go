@@ -27,11 +27,13 @@ func (p *plan) insertSQL() string {
 	for i := range p.cols {
 		vals[i] = placeholder(i+1, p.types[i])
 	}
-	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
-	if p.resolving() {
-		sql += " RETURNING " + countApplied
+	if !p.resolving() {
+		return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
 	}
-	return sql
+	// A key with a tombstone goes to the resolving INSERT, which compares
+	// the versions.
+	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s WHERE %s RETURNING %s",
+		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), p.noTombstone(p.keyParams(true, 1)), countApplied)
 }
 
 // updateSQL is the UPDATE of the columns present in mask.

@@ -149,8 +149,8 @@ func testExclusionParked(t *testing.T, size int) {
 }
 
 // TestKeyChange: a primary-key change is a delete and an insert, and
-// resolves as they do, on 2 and on 3 nodes: it wins over a later update of
-// the row (which the node that changed the key skips), it is inserted under
+// resolves as they do, on 2 and on 3 nodes: a later update of the row wins
+// over its delete, so the row stays under both keys; it is inserted under
 // its new key when the row was deleted, and two concurrent key changes of
 // one row leave both rows.
 func TestKeyChange(t *testing.T) {
@@ -172,7 +172,7 @@ func TestKeyChange(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			step(a, `UPDATE kv SET k = 10 WHERE k = 1`)
-			step(b, `UPDATE kv SET v = 'b' WHERE k = 1`) // later, but the key change wins
+			step(b, `UPDATE kv SET v = 'b' WHERE k = 1`) // later than the key change's delete of 1: both rows stay
 			step(a, `UPDATE kv SET k = 20 WHERE k = 2`)
 			step(b, `DELETE FROM kv WHERE k = 2`) // the row lives on under 20
 			step(a, `UPDATE kv SET k = 30 WHERE k = 3`)
@@ -183,7 +183,7 @@ func TestKeyChange(t *testing.T) {
 			grouptest.WaitQuiet(t, nodes, time.Minute)
 			grouptest.AssertConverged(t, nodes)
 			for _, n := range nodes {
-				if got := n.QueryText(`SELECT string_agg(k || '=' || v, ' ' ORDER BY k) FROM kv`); got != "4=start 10=start 20=start 30=start 31=start" {
+				if got := n.QueryText(`SELECT string_agg(k || '=' || v, ' ' ORDER BY k) FROM kv`); got != "1=b 4=start 10=start 20=start 30=start 31=start" {
 					t.Errorf("%s: %s", n.Name, got)
 				}
 			}
@@ -191,9 +191,9 @@ func TestKeyChange(t *testing.T) {
 				b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_inserted'`); got < 2 {
 				t.Errorf("%d key changes inserted under the new key recorded, want 2 or more", got)
 			}
-			if b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_wins'
-				AND reason LIKE 'a key change wins over a concurrent update%by node%by node%'`) != 1 {
-				t.Errorf("%s: the key change winning over the update is not recorded: %s", b.Name,
+			if b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE conflict_type = 'update_update'
+				AND resolution = 'last_update_wins_keep_local' AND reason LIKE '%by node%by node%inserted under its new key'`) != 1 {
+				t.Errorf("%s: the update winning over the key change is not recorded: %s", b.Name,
 					b.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
 			}
 		})

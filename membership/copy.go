@@ -227,7 +227,9 @@ func dropOrigin(ctx context.Context, db catalog.DB, name string) error {
 // dumpSection returns the SQL of one section of the via node's schema
 // (pre-data or post-data; everything but schema bdr and publications) as of
 // the snapshot. pg_dump's \restrict lines, psql commands, are left out: the
-// SQL runs on a connection of ours.
+// SQL runs on a connection of ours. So are bdr's own event triggers (pg_dump
+// dumps every event trigger whatever the schema of its function): the
+// local database has them already.
 func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_dump"), "--section="+section, "--no-publications",
 		"--no-subscriptions", "--exclude-schema="+catalog.Schema, "--snapshot="+snapshot, "--dbname="+viaDSN)
@@ -239,8 +241,17 @@ func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) 
 	}
 	lines := strings.SplitAfter(string(out), "\n")
 	var b strings.Builder
+	inEventTrigger := false
 	for _, l := range lines {
-		if strings.HasPrefix(l, `\restrict `) || strings.HasPrefix(l, `\unrestrict `) {
+		switch {
+		case inEventTrigger:
+			inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
+			continue
+		case strings.HasPrefix(l, "CREATE EVENT TRIGGER "+catalog.Schema+"_"):
+			inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
+			continue
+		case strings.HasPrefix(l, "ALTER EVENT TRIGGER "+catalog.Schema+"_"),
+			strings.HasPrefix(l, `\restrict `), strings.HasPrefix(l, `\unrestrict `):
 			continue
 		}
 		b.WriteString(l)

@@ -1,0 +1,72 @@
+package apply
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/bdr-dev/bdr/conflict"
+)
+
+// Tombstones (catalog migration 8): the version of a deleted row is the
+// version of its tombstone in bdr.tombstones, one row per deleted key,
+// written by the ENABLE ALWAYS triggers on every table with a key (so this
+// applier's deletes write them too, stamped with the remote commit). With
+// them a remote change that finds no row is compared with the delete, as
+// it would be with a row:
+//
+//   - an INSERT older than the delete is skipped (insert_delete); a newer
+//     one is inserted, as on the node that deleted first;
+//   - an UPDATE older than the delete is skipped, a newer one inserts its
+//     row (update_delete); an UPDATE that finds neither row nor tombstone
+//     inserts its row too (update_missing): its INSERT is still on its way
+//     from another node, and loses to it when it arrives (insert_update);
+//   - a DELETE leaves a tombstone even when the row is missing (its INSERT
+//     may still be on its way), and is a delete_delete when it finds one.
+//
+// A tombstone with deleted false marks a row an UPDATE inserted, so that
+// its INSERT, when it comes, is recorded as insert_update.
+
+// relid is the table's oid, fixed when the statement is prepared.
+func (p *plan) relid() string {
+	return fmt.Sprintf("'%s'::pg_catalog.regclass::pg_catalog.oid", quoteLiteral(p.table))
+}
+
+// tombstoneKey is the tombstone key of the row whose key values are the
+// parameters params: the jsonb object the trigger builds with to_jsonb.
+func (p *plan) tombstoneKey(params []int) string {
+	items := make([]string, 0, 2*len(p.keys))
+	for i, k := range p.keys {
+		items = append(items, "'"+quoteLiteral(p.rel.Columns[k].Name)+"'", placeholder(params[i], p.types[k]))
+	}
+	return "pg_catalog.jsonb_build_object(" + strings.Join(items, ", ") + ")"
+}
+
+// tombstoneCTE is d, the tombstone of the key params (no row when there is
+// none), with the columns a conflict record reads of l (see lookup).
+func (p *plan) tombstoneCTE(params []int) string {
+	return fmt.Sprintf(`d AS (
+	SELECT true AS found, x.deleted, NULL::text AS row, %s AS mine, c, %s AS node
+	FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true
+	WHERE x.relid = %s AND x.key = %s
+)`, mine("x.xmin"), nodeOf("c.roident"), p.relid(), p.tombstoneKey(params))
+}
+
+// tombstoneInputs are the decision inputs of the tombstone alias (d, or l
+// in a record) against the remote change.
+func tombstoneInputs(alias string) conflict.Inputs {
+	in := inputs("true", alias+".mine", "("+alias+".c)", remoteTS)
+	in.LocalNode = alias + ".node"
+	return in
+}
+
+// noTombstone is true when the key params has no tombstone (fast INSERTs:
+// any tombstone sends the change to the resolving statements).
+func (p *plan) noTombstone(params []int) string {
+	return fmt.Sprintf("NOT EXISTS (SELECT 1 FROM bdr.tombstones x WHERE x.relid = %s AND x.key = %s)", p.relid(), p.tombstoneKey(params))
+}
+
+// Reasons of the conflicts found with a tombstone.
+const (
+	reasonInsertMissing = "no local row and no tombstone: its insert has not arrived here yet; the row is inserted as the update made it"
+	reasonUpdateToast   = "no local row, and the update does not carry every column (unchanged TOAST values): it has nothing to change"
+)
