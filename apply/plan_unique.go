@@ -225,9 +225,12 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 	targetGone := ""
 	loserFate := "the remote row is not inserted"
 	if update {
+		// Only a target the update would have changed: a newer local
+		// version of it keeps it, as it would without the collision.
+		apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 		targetGone = fmt.Sprintf(`, k AS (
-	DELETE FROM ONLY %s t WHERE %s AND EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging) RETURNING 1
-)`, p.table, target)
+	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) AND EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging) RETURNING 1
+)`, p.table, target, mine("t.xmin"), apply)
 		loserFate = "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
 	}
 	return fmt.Sprintf(`WITH %s, c AS (
@@ -255,7 +258,7 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 	RETURNING conflict_type
 )
 SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN h ON true`,
-		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique),
+		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate),
 		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
 		nodeOf("c.lro"), typ, wins, converging,
 		p.table, targetGone,
