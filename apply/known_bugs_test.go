@@ -19,6 +19,18 @@ import (
 // fixed one to the regular tests. They build only with the tag knownbugs
 // (make test-known-bugs), so that make test stays the gate of what works.
 
+// provoke runs writes in order with every applier paused, then resumes
+// and waits for quiet.
+func (e *matrixEnv) provoke(t *testing.T, writes ...mwrite) {
+	t.Helper()
+	resume := pauseAll(t, e.nodes)
+	for _, w := range writes {
+		e.exec(t, e.nodes[w.on], w.sql)
+	}
+	resume()
+	grouptest.WaitQuiet(t, e.nodes, time.Minute)
+}
+
 // TestKnownBugConflictRecordMissesConcurrentRow: a remote INSERT applied
 // with the resolving statement meets a row a local transaction has inserted
 // but not committed yet; it waits for it, and once it commits, keeps the

@@ -70,3 +70,47 @@ const (
 	reasonInsertMissing = "no local row and no tombstone: its insert has not arrived here yet; the row is inserted as the update made it"
 	reasonUpdateToast   = "no local row, and the update does not carry every column (unchanged TOAST values): it has nothing to change"
 )
+
+// ghostCond is the condition that the deleted row a tombstone x keeps
+// collides with the new values on the unique index of cols (param gives
+// the parameter of a column): the same collision as with a live row.
+func (p *plan) ghostCond(cols []int, param func(col int) int) string {
+	conds := make([]string, len(cols))
+	for i, c := range cols {
+		conds[i] = fmt.Sprintf("(x.row -> '%s') = pg_catalog.to_jsonb(%s)", quoteLiteral(p.rel.Columns[c].Name), placeholder(param(c), p.types[c]))
+	}
+	return "(" + strings.Join(conds, " AND ") + ")"
+}
+
+// ghosts selects, as g, the deleted rows of other keys than the
+// parameters other that collide with the new values (conds, ghostCond's,
+// OR'ed), each with its version (lts, lnode): rows a remote change older
+// than them would have lost to had it arrived before their delete.
+func (p *plan) ghosts(conds []string, other []int) string {
+	return fmt.Sprintf(`SELECT x.row, coalesce(x.row_time, xc.timestamp) AS lts,
+		%s AS lnode
+	FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) xc ON true
+	WHERE x.relid = %s AND x.deleted AND x.row IS NOT NULL AND x.key <> %s AND (%s)`,
+		nodeOf("coalesce(x.row_origin, xc.roident)"), p.relid(), p.tombstoneKey(other), strings.Join(conds, " OR "))
+}
+
+// noGhost is true when no deleted row collides with the new values on the
+// unique indexes (fast statements: any such row sends the change to the
+// resolving ones, whose unique statement compares the versions); "true"
+// when the table has no unique index the change carries.
+func (p *plan) noGhost(other []int, param func(col int) (int, bool)) string {
+	var conds []string
+next:
+	for _, u := range p.uniques {
+		for _, c := range u.cols {
+			if _, ok := param(c); !ok {
+				continue next
+			}
+		}
+		conds = append(conds, p.ghostCond(u.cols, func(c int) int { n, _ := param(c); return n }))
+	}
+	if len(conds) == 0 {
+		return "true"
+	}
+	return fmt.Sprintf("NOT EXISTS (%s)", p.ghosts(conds, other))
+}

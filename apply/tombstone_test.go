@@ -23,18 +23,6 @@ func divergenceGroup(t *testing.T, size int, c matrixCase) *matrixEnv {
 	return e
 }
 
-// provoke runs writes in order with every applier paused, then resumes
-// and waits for quiet.
-func (e *matrixEnv) provoke(t *testing.T, writes ...mwrite) {
-	t.Helper()
-	resume := pauseAll(t, e.nodes)
-	for _, w := range writes {
-		e.exec(t, e.nodes[w.on], w.sql)
-	}
-	resume()
-	grouptest.WaitQuiet(t, e.nodes, time.Minute)
-}
-
 // assertSame fails unless the case's tables have the same checksums on
 // every node; it shows each node's rows (the result of check, kvCheck by
 // default), conflicts and parked transactions.
@@ -111,8 +99,8 @@ func TestChangeOvertakesInsert(t *testing.T) {
 
 // TestTombstoneCollection: deletes leave tombstones on every node; they go
 // once every stream of the node has gone past them (here: a later write
-// of each node, more than the margin after the delete), and stay while a
-// peer is down.
+// of each node, more than the margin after the delete). That they stay
+// while a stream is down is TestTombstoneHorizon's.
 func TestTombstoneCollection(t *testing.T) {
 	t.Parallel()
 	nodes := grouptest.Group(t, shared(t)[:2], "tombgc", grouptest.Options{TombstoneEvery: 300 * time.Millisecond}, func(first *grouptest.Node) {
@@ -141,20 +129,5 @@ func TestTombstoneCollection(t *testing.T) {
 		})
 	}
 
-	// A peer that is down keeps them.
-	b.Stop()
-	a.Exec(`DELETE FROM kv WHERE k = 6`)
-	time.Sleep(11 * time.Second)
-	a.Exec(`UPDATE kv SET v = 'a2' WHERE k = 4`)
-	time.Sleep(2 * time.Second)
-	if got := count(a); got != 1 {
-		t.Errorf("%s: %d tombstones while its peer is down, want 1", a.Name, got)
-	}
-	b.Start()
-	grouptest.WaitQuiet(t, nodes, time.Minute)
-	b.Exec(`UPDATE kv SET v = 'b2' WHERE k = 5`)
-	pgtest.WaitFor(t, time.Minute, "the tombstone of "+a.Name+" to be removed once its peer is back", func() (bool, error) {
-		return count(a) == 0, nil
-	})
 	grouptest.AssertConverged(t, nodes)
 }

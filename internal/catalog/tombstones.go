@@ -28,13 +28,20 @@ package catalog
 // arrived yet (the insert_update conflict, when it does).
 //
 // The key is the jsonb object of the key columns' values (to_jsonb of the
-// row, so the applier builds the same with jsonb_build_object). TRUNCATE
-// leaves no tombstones.
+// row, so the applier builds the same with jsonb_build_object). A tombstone
+// also keeps the deleted row (row) and the version it had (row_time and
+// row_origin; NULL when the deleting transaction wrote it): a remote row
+// older than that version, colliding with it on a unique index, would have
+// lost to it had it arrived before the delete, and loses to the tombstone
+// (apply's plan_unique.go). TRUNCATE leaves no tombstones.
 const migrationTombstones = `
 CREATE TABLE bdr.tombstones (
 	relid   oid NOT NULL,
 	key     jsonb NOT NULL,
 	deleted boolean NOT NULL DEFAULT true,
+	row        jsonb,
+	row_time   timestamptz,
+	row_origin oid,
 	PRIMARY KEY (relid, key)
 );
 
@@ -42,10 +49,12 @@ CREATE FUNCTION bdr.tombstone() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
 	o jsonb := pg_catalog.to_jsonb(OLD);
+	v record;
 BEGIN
-	INSERT INTO bdr.tombstones (relid, key)
-	SELECT TG_RELID, pg_catalog.jsonb_object_agg(a, o -> a) FROM pg_catalog.unnest(TG_ARGV) a
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true;
+	SELECT c.timestamp, c.roident INTO v FROM pg_catalog.pg_xact_commit_timestamp_origin(OLD.xmin) c;
+	INSERT INTO bdr.tombstones (relid, key, row, row_time, row_origin)
+	SELECT TG_RELID, pg_catalog.jsonb_object_agg(a, o -> a), o, v.timestamp, v.roident FROM pg_catalog.unnest(TG_ARGV) a
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, row = excluded.row, row_time = excluded.row_time, row_origin = excluded.row_origin;
 	RETURN NULL;
 END
 $$;
