@@ -239,19 +239,9 @@ func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) 
 	if err != nil {
 		return "", fmt.Errorf("copy schema: pg_dump: %v: %s", err, lastLine(stderr.String()))
 	}
-	lines := strings.SplitAfter(string(out), "\n")
 	var b strings.Builder
-	inEventTrigger := false
-	for _, l := range lines {
-		switch {
-		case inEventTrigger:
-			inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
-			continue
-		case strings.HasPrefix(l, "CREATE EVENT TRIGGER "+catalog.Schema+"_"):
-			inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
-			continue
-		case strings.HasPrefix(l, "ALTER EVENT TRIGGER "+catalog.Schema+"_"),
-			strings.HasPrefix(l, `\restrict `), strings.HasPrefix(l, `\unrestrict `):
+	for _, l := range strings.SplitAfter(catalog.FilterDump(string(out), true), "\n") {
+		if strings.HasPrefix(l, `\restrict `) || strings.HasPrefix(l, `\unrestrict `) {
 			continue
 		}
 		b.WriteString(l)

@@ -1,5 +1,11 @@
 package catalog
 
+import (
+	"bufio"
+	"io"
+	"strings"
+)
+
 // migrationTombstones is migration 8: tombstones, the versions of deleted
 // rows.
 //
@@ -132,3 +138,63 @@ CREATE EVENT TRIGGER bdr_track_deletes ON ddl_command_end
 
 SELECT bdr.track_deletes(c.oid) FROM pg_catalog.pg_class c WHERE c.relkind = 'r';
 `
+
+// FilterDump removes bdr's event triggers from the SQL pg_dump wrote of a
+// database with schema bdr (pg_dump dumps every event trigger, whatever
+// the schema of its function), and with tombstones false the tombstone
+// triggers too: what is left restores into a database without schema bdr.
+// A join keeps the tombstone triggers: the joining node has schema bdr.
+func FilterDump(sql string, tombstones bool) string {
+	var b strings.Builder
+	f := dumpFilter{tombstones: tombstones}
+	for _, l := range strings.SplitAfter(sql, "\n") {
+		if f.keep(l) {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
+}
+
+// CopyDump copies the SQL pg_dump writes from src to dst as FilterDump
+// filters it, line by line (a whole database's dump need not fit in
+// memory).
+func CopyDump(dst io.Writer, src io.Reader, tombstones bool) error {
+	r := bufio.NewReaderSize(src, 1<<16)
+	f := dumpFilter{tombstones: tombstones}
+	for {
+		l, err := r.ReadString('\n')
+		if l != "" && f.keep(l) {
+			if _, werr := io.WriteString(dst, l); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+type dumpFilter struct {
+	tombstones     bool
+	inEventTrigger bool
+}
+
+func (f *dumpFilter) keep(l string) bool {
+	switch {
+	case f.inEventTrigger:
+		f.inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
+		return false
+	case strings.HasPrefix(l, "CREATE EVENT TRIGGER "+Schema+"_"):
+		f.inEventTrigger = !strings.HasSuffix(strings.TrimSpace(l), ";")
+		return false
+	case strings.HasPrefix(l, "ALTER EVENT TRIGGER "+Schema+"_"):
+		return false
+	case !f.tombstones && strings.HasPrefix(l, "CREATE TRIGGER "+Schema+"_tombstone"),
+		!f.tombstones && strings.HasPrefix(l, "ALTER TABLE ") && strings.Contains(l, " TRIGGER "+Schema+"_tombstone"):
+		return false
+	}
+	return true
+}

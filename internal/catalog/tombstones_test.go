@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/bdr-dev/bdr/internal/pgtest"
@@ -76,5 +77,48 @@ func TestTombstoneTriggers(t *testing.T) {
 	exec(`ALTER TABLE later REPLICA IDENTITY FULL`)
 	if got := triggers("later"); got != "" {
 		t.Errorf("triggers of later after REPLICA IDENTITY FULL = %q", got)
+	}
+}
+
+// TestFilterDump: bdr's event trigger always goes; the tombstone triggers
+// go only for a database without schema bdr; nothing else does.
+func TestFilterDump(t *testing.T) {
+	dump := `CREATE TABLE public.kv (k integer NOT NULL, v text);
+CREATE TRIGGER bdr_tombstone AFTER DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION bdr.tombstone('k');
+CREATE TRIGGER audit AFTER DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION public.audit();
+ALTER TABLE public.kv ENABLE ALWAYS TRIGGER bdr_tombstone;
+ALTER TABLE public.kv ENABLE ALWAYS TRIGGER audit;
+CREATE EVENT TRIGGER bdr_track_deletes ON ddl_command_end
+         WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+   EXECUTE FUNCTION bdr.track_deletes_ddl();
+ALTER EVENT TRIGGER bdr_track_deletes OWNER TO postgres;
+CREATE EVENT TRIGGER mine ON ddl_command_end EXECUTE FUNCTION public.mine();
+`
+	keep := FilterDump(dump, true)
+	drop := FilterDump(dump, false)
+	var streamed strings.Builder
+	if err := CopyDump(&streamed, strings.NewReader(dump), false); err != nil || streamed.String() != drop {
+		t.Errorf("CopyDump = %q, %v; want FilterDump's %q", streamed.String(), err, drop)
+	}
+	for _, c := range []struct {
+		out, line string
+		want      bool
+	}{
+		{keep, "CREATE TABLE public.kv", true},
+		{keep, "CREATE TRIGGER bdr_tombstone", true},
+		{keep, "ENABLE ALWAYS TRIGGER bdr_tombstone", true},
+		{keep, "bdr_track_deletes", false},
+		{keep, "TAG IN", false},
+		{keep, "CREATE EVENT TRIGGER mine", true},
+		{drop, "CREATE TRIGGER bdr_tombstone", false},
+		{drop, "ENABLE ALWAYS TRIGGER bdr_tombstone", false},
+		{drop, "CREATE TRIGGER audit", true},
+		{drop, "ENABLE ALWAYS TRIGGER audit", true},
+		{drop, "track_deletes_ddl", false},
+		{drop, "CREATE EVENT TRIGGER mine", true},
+	} {
+		if got := strings.Contains(c.out, c.line); got != c.want {
+			t.Errorf("%q in the filtered dump: %v, want %v:\n%s", c.line, got, c.want, c.out)
+		}
 	}
 }
