@@ -212,6 +212,10 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 		}
 	}
 	ghost, ghostRecord, ghostTypes := "", "", ""
+	ghostFate := "the remote row is not inserted"
+	if update {
+		ghostFate = "the remote update is not applied and its row is deleted"
+	}
 	if len(ghostConds) > 0 {
 		gin := conflict.Inputs{Found: "true", Same: "false", LocalTS: "g.lts", LocalNode: "g.lnode",
 			RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int")}
@@ -229,7 +233,7 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	RETURNING conflict_type
 )`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
 			conflict.UniqueSecondary, conflict.KeepLocal, conflict.ReasonSQL(gin, conflict.UniqueSecondary),
-			map[bool]string{true: "the remote update is not applied and its row is deleted", false: "the remote row is not inserted"}[update],
+			ghostFate,
 			tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"))
 		ghostTypes = " UNION ALL SELECT conflict_type FROM h2"
 	}
