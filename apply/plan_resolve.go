@@ -230,7 +230,21 @@ func (p *plan) updateSets(mask string) (sets []string, present []int) {
 func (p *plan) keyChangeSQL(mask string) string {
 	sets, present := p.updateSets(mask)
 	oldKey := p.keyParams(false, 3)
+	// The new key's values are among the present columns' (a key change
+	// carries its key).
+	param := map[int]int{}
+	for i, c := range present {
+		param[c] = len(p.keys) + 3 + i
+	}
+	newKey := make([]int, len(p.keys))
+	for i, k := range p.keys {
+		newKey[i] = param[k]
+	}
 	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	// The insert under the new key loses to a newer delete of that key
+	// (its tombstone, d): the row under the old key is then deleted, as
+	// the key change's delete, when that wins.
+	newerDelete := fmt.Sprintf("EXISTS (SELECT 1 FROM d WHERE d.deleted AND NOT %s)", conflict.CleanSQL(tombstoneInputs("d")))
 	insert, inserted := "", "false"
 	if !strings.Contains(mask, "0") {
 		vals := make([]string, len(p.cols))
@@ -239,9 +253,9 @@ func (p *plan) keyChangeSQL(mask string) string {
 		}
 		insert = fmt.Sprintf(`, i AS (
 	INSERT INTO %s (%s) SELECT %s
-	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s
+	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s AND NOT %s
 	ON CONFLICT DO NOTHING RETURNING 1
-)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped)
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, newerDelete)
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}
 	tuple := p.tupleJSON(present, len(p.keys)+3)
@@ -251,15 +265,36 @@ func (p *plan) keyChangeSQL(mask string) string {
 		THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied'
 		WHEN %s THEN %s || '; the key change''s row is inserted under its new key'
 		ELSE %s END`, inserted, inserted, dec.Reason, dec.Reason)
-	return fmt.Sprintf(`WITH %s, u AS (
-	UPDATE ONLY %s t SET %s WHERE %s AND %s AND (%s OR %s) RETURNING 1
-)%s, %s
-SELECT (SELECT conflict_type FROM h)`,
-		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.table, strings.Join(sets, ", "), p.keyConds("t", oldKey), notSkipped, mine("t.xmin"), apply,
+	lww := recordInputs()
+	lww.Resolver = nil
+	deleted := conflict.DecisionSQL{
+		Type:   fmt.Sprintf("'%s'", conflict.InsertDelete),
+		Reason: "'the new key was deleted here later: ' || " + conflict.ReasonSQL(lww, conflict.InsertInsert),
+	}
+	deletedRecord := strings.Replace(p.record(deleted, fmt.Sprintf("'%s'", conflict.KeepLocal), tuple,
+		fmt.Sprintf("FROM d l WHERE l.deleted AND %s AND %s", newerDelete, notSkipped)), "h AS (", "h2 AS (", 1)
+	// With no row under the old key, the key change's delete leaves its
+	// tombstone there, as a DELETE does.
+	tombstoneNewer := conflict.CleanSQL(inputs("true", mine("bt.xmin"), "(pg_catalog.pg_xact_commit_timestamp_origin(bt.xmin))", remoteTS))
+	return fmt.Sprintf(`WITH %s, %s, u AS (
+	UPDATE ONLY %s t SET %s WHERE %s AND %s AND NOT %s AND (%s OR %s) RETURNING 1
+), x AS (
+	DELETE FROM ONLY %s t WHERE %s AND %s AND %s AND (%s OR %s) RETURNING 1
+), ts AS (
+	INSERT INTO bdr.tombstones AS bt (relid, key)
+	SELECT %s, %s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
+)%s, %s, %s
+SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
+		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.tombstoneCTE(newKey),
+		p.table, strings.Join(sets, ", "), p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
+		p.table, p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
+		p.relid(), p.tombstoneKey(oldKey), notSkipped, p.table, p.keyConds("t", oldKey), tombstoneNewer,
 		insert,
 		p.record(dec, dec.Resolution, tuple,
-			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s) AND %s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
-				appliedConflict(), notSkipped, p.lookup(oldKey), dec.Record)))
+			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s) AND %s AND NOT %s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
+				appliedConflict(), notSkipped, newerDelete, p.lookup(oldKey), dec.Record)),
+		deletedRecord)
 }
 
 // resolvingDeleteSQL deletes the row when the resolver says so (last
