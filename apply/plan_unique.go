@@ -193,8 +193,8 @@ type check struct {
 
 // uniqueSQL finds the local rows other than the target (the row with the
 // change's key) that collide on one of checks, deletes those the remote
-// change beats, and when one beats it, sets bdr.skip and, for an UPDATE,
-// deletes the target. It records one conflict per row deleted, and one for
+// change beats, and when one beats it, sets bdr.skip and deletes the
+// target if the change would have replaced it. It records one conflict per row deleted, and one for
 // the local row that beat the change; it returns their types.
 //
 // A deleted row of another key that collides with the change and is newer
@@ -264,17 +264,20 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 		lost = "(" + lost + " OR EXISTS (SELECT 1 FROM g))"
 		ghostLost = " OR EXISTS (SELECT 1 FROM g)"
 	}
-	targetGone := ""
-	loserFate := "the remote row is not inserted"
-	if update {
-		// Only a target the update would have changed: a newer local
-		// version of it keeps it, as it would without the collision.
-		apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
-		targetGone = fmt.Sprintf(`, k AS (
+	// The row under the change's key (the target) goes too when the
+	// change would have replaced it: a losing UPDATE's row, and the row a
+	// losing INSERT beats under insert_insert; a newer local version of it
+	// stays, as it would without the collision.
+	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	loserFate := "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
+	if !update {
+		apply = conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
+		loserFate = "the remote row is not inserted, and a local row it would have replaced is deleted"
+	}
+	targetGone := fmt.Sprintf(`, k AS (
 	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) AND (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) RETURNING 1
 )`, p.table, target, mine("t.xmin"), apply, ghostLost)
-		loserFate = "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
-	}
+
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
 		array_remove(ARRAY[%s], NULL) AS indexes
@@ -300,7 +303,7 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	RETURNING conflict_type
 )%s
 SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN (SELECT conflict_type FROM h%s) h ON true`,
-		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate),
+		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate, conflict.InsertInsert),
 		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
 		nodeOf("c.lro"), typ, wins, converging,
 		ghost, p.table, targetGone,
