@@ -540,8 +540,8 @@ func (r *randomRound) conflictsOf(n *grouptest.Node, k rowKey) []string {
 }
 
 // clientHistory writes the last client transactions that named row k's id
-// in a statement on its table (as a key or any other value), in commit
-// time order, for a failure.
+// in a statement on its table (as a key or any other value), all their
+// statements, in commit time order, for a failure.
 func (r *randomRound) clientHistory(b *strings.Builder, k rowKey) {
 	type line struct {
 		at   time.Time
@@ -549,25 +549,24 @@ func (r *randomRound) clientHistory(b *strings.Builder, k rowKey) {
 	}
 	var lines []line
 	for _, c := range r.history {
-		var touched []string
+		named := false
+		var all []string
 		for _, s := range c.stmts {
+			all = append(all, s.String())
 			if !strings.Contains(s.sql, " "+k.table+" ") {
 				continue
 			}
 			for _, a := range s.args {
-				if fmt.Sprint(a) == k.id {
-					touched = append(touched, s.String())
-					break
-				}
+				named = named || fmt.Sprint(a) == k.id
 			}
 		}
-		if len(touched) == 0 {
+		if !named {
 			continue
 		}
 		var at time.Time
 		pgtest.Scan(r.t, c.node.DSN, `SELECT pg_catalog.pg_xact_commit_timestamp($1::xid8::text::xid)`, []any{c.xid}, &at)
 		lines = append(lines, line{at, fmt.Sprintf("%s committed on %s (xid %s): %s", at.UTC().Format("15:04:05.000000"), c.node.Name, c.xid,
-			strings.Join(touched, "; "))})
+			strings.Join(all, "; "))})
 	}
 	slices.SortFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
 	const show = 12
