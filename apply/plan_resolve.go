@@ -117,18 +117,22 @@ func (p *plan) resolvingInsertSQL() string {
 	}
 	deletedRecord := strings.Replace(p.record(deleted, fmt.Sprintf("'%s'", conflict.KeepLocal), p.tupleJSON(all, 3),
 		fmt.Sprintf("FROM d l WHERE l.deleted AND %s%s", newerDelete, notSkip)), "h AS (", "h2 AS (", 1)
+	// Not inserted, and no row in the snapshot: a concurrent transaction
+	// inserted it; the record would read nothing (apply it again).
+	concurrent := fmt.Sprintf("(SELECT %s WHERE NOT EXISTS (SELECT 1 FROM i) AND NOT %s%s AND NOT EXISTS %s)",
+		p.concurrentlyChanged(), newerDelete, notSkip, p.lookup(keys))
 	return fmt.Sprintf(`WITH %s, %s, i AS (
 	INSERT INTO %s AS t (%s) %s
 	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
 	RETURNING t.xmax = 0 AS inserted
 ), %s, %s
-SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
+SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2), %s)`,
 		resolversCTE(conflict.InsertInsert), p.tombstoneCTE(keys), p.table, strings.Join(p.cols, ", "), source,
 		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
 		p.record(dec, resolution, p.tupleJSON(all, 3),
 			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted) AND NOT %s%s) g JOIN LATERAL %s l ON true",
 				newerDelete, notSkip, p.lookup(keys))),
-		deletedRecord)
+		deletedRecord, concurrent)
 }
 
 // resolvingUpdateSQL is the UPDATE of the columns present in mask; with
@@ -192,7 +196,8 @@ SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 		resolversCTE(conflict.UpdateUpdate, conflict.UpdateDelete, conflict.UpdateMissing), p.tombstoneCTE(keys),
 		p.table, strings.Join(sets, ", "), p.keyConds("t", keys), notSkip, mine("t.xmin"), apply,
 		insert,
-		p.record(dec, dec.Resolution, p.tupleJSON(present, len(p.keys)+3),
+		p.record(dec, fmt.Sprintf("CASE WHEN NOT EXISTS (SELECT 1 FROM u) AND %s THEN %s ELSE %s END", dec.Apply, p.concurrentlyChanged(), dec.Resolution),
+			p.tupleJSON(present, len(p.keys)+3),
 			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s)%s) g JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
 				appliedConflict(), notSkip, p.lookup(keys), dec.Record)),
 		missingRecord)

@@ -114,3 +114,11 @@ next:
 	}
 	return fmt.Sprintf("NOT EXISTS (%s)", p.ghosts(conds, other))
 }
+
+// concurrentlyChanged raises SQLSTATE 40001 (see bdr.concurrently_changed):
+// the row a statement decided on in its snapshot was changed or deleted
+// concurrently, so the decision and its record may be wrong; the applier
+// applies the transaction again.
+func (p *plan) concurrentlyChanged() string {
+	return fmt.Sprintf("bdr.concurrently_changed('the row of %s')", quoteLiteral(quoteLiteral(p.table)))
+}

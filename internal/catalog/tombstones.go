@@ -51,6 +51,18 @@ CREATE TABLE bdr.tombstones (
 	PRIMARY KEY (relid, key)
 );
 
+-- Raised by the applier's statements when the row they found in their
+-- snapshot was changed or deleted by a concurrent transaction before they
+-- could change it (PostgreSQL then skips it): the remote transaction is
+-- applied again, with a new snapshot (SQLSTATE 40001, retried).
+CREATE FUNCTION bdr.concurrently_changed(what text) RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+	RAISE EXCEPTION 'bdr: % changed by a concurrent transaction; the remote transaction is applied again', what
+		USING ERRCODE = 'serialization_failure';
+END
+$$;
+
 CREATE FUNCTION bdr.tombstone() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -1,5 +1,3 @@
-//go:build knownbugs
-
 package apply_test
 
 import (
@@ -11,13 +9,6 @@ import (
 	"github.com/bdr-dev/bdr/internal/grouptest"
 	"github.com/bdr-dev/bdr/internal/pgtest"
 )
-
-// Known bugs. Every test in this file FAILS today: each is the smallest
-// deterministic reproduction of a divergence or a wrong record that the
-// conflict matrix or the randomized convergence test ran into (issue 5).
-// They say what should happen; fix the engine, not the test, and move a
-// fixed one to the regular tests. They build only with the tag knownbugs
-// (make test-known-bugs), so that make test stays the gate of what works.
 
 // provoke runs writes in order with every applier paused, then resumes
 // and waits for quiet.
@@ -31,17 +22,17 @@ func (e *matrixEnv) provoke(t *testing.T, writes ...mwrite) {
 	grouptest.WaitQuiet(t, e.nodes, time.Minute)
 }
 
-// TestKnownBugConflictRecordMissesConcurrentRow: a remote INSERT applied
-// with the resolving statement meets a row a local transaction has inserted
-// but not committed yet; it waits for it, and once it commits, keeps the
-// newer local row (right). The conflict record, though, reads the local row
-// with the statement's snapshot, taken before the commit: it has no local
-// row, an unknown local version, and a reason saying the remote change is
-// newer, under the resolution last_update_wins_keep_local. On three nodes
-// the two incoming streams of a node race the same way.
-func TestKnownBugConflictRecordMissesConcurrentRow(t *testing.T) {
+// TestConflictRecordConcurrentRow: a remote INSERT applied with the
+// resolving statement meets a row a local transaction has inserted but not
+// committed yet; it waits for it, and once it commits, keeps the newer
+// local row. Its statement's snapshot, taken before that commit, has no
+// local row to record: the statement raises SQLSTATE 40001 and the
+// transaction is applied again, so the record names the local row and its
+// version. (On three nodes the two incoming streams of a node race the
+// same way.)
+func TestConflictRecordConcurrentRow(t *testing.T) {
 	t.Parallel()
-	e := divergenceGroup(t, 2, matrixCase{name: "bugrecord"})
+	e := divergenceGroup(t, 2, matrixCase{name: "concrecord"})
 	a, b := e.nodes[nodeA], e.nodes[nodeB]
 	// A conflict first: B's applier then resolves the next transactions.
 	e.provoke(t,
