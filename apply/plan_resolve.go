@@ -321,7 +321,7 @@ func (p *plan) resolvingDeleteSQL() string {
 	SELECT %s, %s WHERE NOT EXISTS (SELECT 1 FROM x) AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
 	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
 ), %s
-SELECT (SELECT conflict_type FROM h)`,
+SELECT coalesce((SELECT conflict_type FROM h), %s)`,
 		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.tombstoneCTE(params),
 		p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
 		p.relid(), p.tombstoneKey(params), p.table, keys, newer,
@@ -333,5 +333,9 @@ SELECT (SELECT conflict_type FROM h)`,
 			(SELECT t, t.xmin FROM ONLY %s t WHERE %s AND NOT EXISTS (SELECT 1 FROM x) LIMIT 1)
 		) v LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(v.xm) c ON true
 	) l ON true
-	WHERE %s`, mine("v.xm"), nodeOf("c.roident"), p.table, keys, dec.Record)))
+	WHERE %s`, mine("v.xm"), nodeOf("c.roident"), p.table, keys, dec.Record)),
+		// The row of the snapshot, which the delete would have deleted,
+		// was changed or deleted concurrently: apply it again.
+		fmt.Sprintf("(SELECT %s FROM %s l WHERE NOT EXISTS (SELECT 1 FROM x) AND %s)",
+			p.concurrentlyChanged(), p.lookup(params), dec.Apply))
 }
