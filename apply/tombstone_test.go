@@ -129,5 +129,6 @@ func TestTombstoneCollection(t *testing.T) {
 		})
 	}
 
+	grouptest.WaitQuiet(t, nodes, time.Minute)
 	grouptest.AssertConverged(t, nodes)
 }
