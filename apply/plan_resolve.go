@@ -109,14 +109,7 @@ func (p *plan) resolvingInsertSQL() string {
 		source += " AND " + notSkipped
 		notSkip = " AND " + notSkipped
 	}
-	lww := recordInputs()
-	lww.Resolver = nil
-	deleted := conflict.DecisionSQL{
-		Type:   fmt.Sprintf("'%s'", conflict.InsertDelete),
-		Reason: conflict.ReasonSQL(lww, conflict.InsertInsert),
-	}
-	deletedRecord := strings.Replace(p.record(deleted, fmt.Sprintf("'%s'", conflict.KeepLocal), p.tupleJSON(all, 3),
-		fmt.Sprintf("FROM d l WHERE l.deleted AND %s%s", newerDelete, notSkip)), "h AS (", "h2 AS (", 1)
+	deletedRecord := p.insertDeleteRecord(p.tupleJSON(all, 3), newerDelete+notSkip, "")
 	// Not inserted, and no row in the snapshot: a concurrent transaction
 	// inserted it; the record would read nothing (apply it again).
 	concurrent := fmt.Sprintf("(SELECT %s WHERE NOT EXISTS (SELECT 1 FROM i) AND NOT %s%s AND NOT EXISTS %s)",
@@ -270,31 +263,19 @@ func (p *plan) keyChangeSQL(mask string) string {
 		THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied'
 		WHEN %s THEN %s || '; the key change''s row is inserted under its new key'
 		ELSE %s END`, inserted, inserted, dec.Reason, dec.Reason)
-	lww := recordInputs()
-	lww.Resolver = nil
-	deleted := conflict.DecisionSQL{
-		Type:   fmt.Sprintf("'%s'", conflict.InsertDelete),
-		Reason: "'the new key was deleted here later: ' || " + conflict.ReasonSQL(lww, conflict.InsertInsert),
-	}
-	deletedRecord := strings.Replace(p.record(deleted, fmt.Sprintf("'%s'", conflict.KeepLocal), tuple,
-		fmt.Sprintf("FROM d l WHERE l.deleted AND %s AND %s", newerDelete, notSkipped)), "h AS (", "h2 AS (", 1)
+	deletedRecord := p.insertDeleteRecord(tuple, newerDelete+" AND "+notSkipped, "the new key was deleted here later: ")
 	// With no row under the old key, the key change's delete leaves its
 	// tombstone there, as a DELETE does.
-	tombstoneNewer := conflict.CleanSQL(inputs("true", mine("bt.xmin"), "(pg_catalog.pg_xact_commit_timestamp_origin(bt.xmin))", remoteTS))
 	return fmt.Sprintf(`WITH %s, %s, u AS (
 	UPDATE ONLY %s t SET %s WHERE %s AND %s AND NOT %s AND (%s OR %s) RETURNING 1
 ), x AS (
 	DELETE FROM ONLY %s t WHERE %s AND %s AND %s AND (%s OR %s) RETURNING 1
-), ts AS (
-	INSERT INTO bdr.tombstones AS bt (relid, key)
-	SELECT %s, %s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
-)%s, %s, %s
+), %s%s, %s, %s
 SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.tombstoneCTE(newKey),
 		p.table, strings.Join(sets, ", "), p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
 		p.table, p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
-		p.relid(), p.tombstoneKey(oldKey), notSkipped, p.table, p.keyConds("t", oldKey), tombstoneNewer,
+		p.leaveTombstone(oldKey, notSkipped),
 		insert,
 		p.record(dec, dec.Resolution, tuple,
 			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s) AND %s AND NOT %s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
@@ -311,20 +292,14 @@ func (p *plan) resolvingDeleteSQL() string {
 		conflict.UpdateDelete, conflict.DeleteDelete, conflict.DeleteMissing)
 	params := p.keyParams(false, 3)
 	keys := p.keyConds("t", params)
-	// With no row, the delete leaves its tombstone, or makes the one
-	// there its own when it is newer (plan_tombstone.go).
-	newer := conflict.CleanSQL(inputs("true", mine("bt.xmin"), "(pg_catalog.pg_xact_commit_timestamp_origin(bt.xmin))", remoteTS))
+	// With no row, the delete leaves its tombstone (plan_tombstone.go).
 	return fmt.Sprintf(`WITH %s, %s, x AS (
 	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) RETURNING t AS row, t.xmin AS xm
-), ts AS (
-	INSERT INTO bdr.tombstones AS bt (relid, key)
-	SELECT %s, %s WHERE NOT EXISTS (SELECT 1 FROM x) AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
-), %s
+), %s, %s
 SELECT coalesce((SELECT conflict_type FROM h), %s)`,
 		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.tombstoneCTE(params),
 		p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
-		p.relid(), p.tombstoneKey(params), p.table, keys, newer,
+		p.leaveTombstone(params, "NOT EXISTS (SELECT 1 FROM x)"),
 		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
 			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
 		SELECT true AS found, v.row, %s AS mine, c, %s AS node FROM (

@@ -120,5 +120,32 @@ next:
 // concurrently, so the decision and its record may be wrong; the applier
 // applies the transaction again.
 func (p *plan) concurrentlyChanged() string {
-	return fmt.Sprintf("bdr.concurrently_changed('the row of %s')", quoteLiteral(quoteLiteral(p.table)))
+	return fmt.Sprintf("bdr.concurrently_changed('the row of %s')", quoteLiteral(p.table))
+}
+
+// leaveTombstone is the CTE ts of a remote delete (a DELETE, or a key
+// change's delete of its old key) that found no row under the key params:
+// it leaves its tombstone there, or makes the one there its own when it is
+// newer. cond is when it applies.
+func (p *plan) leaveTombstone(params []int, cond string) string {
+	newer := conflict.CleanSQL(inputs("true", mine("bt.xmin"), "(pg_catalog.pg_xact_commit_timestamp_origin(bt.xmin))", remoteTS))
+	return fmt.Sprintf(`ts AS (
+	INSERT INTO bdr.tombstones AS bt (relid, key)
+	SELECT %s, %s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
+)`, p.relid(), p.tombstoneKey(params), cond, p.table, p.keyConds("t", params), newer)
+}
+
+// insertDeleteRecord is h2, the insert_delete record of a remote insert (a
+// row's, or a key change's under its new key) that the newer delete of its
+// key, d's tombstone, beat: when cond holds. prefix starts the reason.
+func (p *plan) insertDeleteRecord(tuple, cond, prefix string) string {
+	lww := recordInputs()
+	lww.Resolver = nil
+	deleted := conflict.DecisionSQL{
+		Type:   fmt.Sprintf("'%s'", conflict.InsertDelete),
+		Reason: "'" + prefix + "' || " + conflict.ReasonSQL(lww, conflict.InsertInsert),
+	}
+	return strings.Replace(p.record(deleted, fmt.Sprintf("'%s'", conflict.KeepLocal), tuple,
+		"FROM d l WHERE l.deleted AND "+cond), "h AS (", "h2 AS (", 1)
 }
