@@ -164,7 +164,7 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 	ON CONFLICT DO NOTHING RETURNING 1
 ), m AS (
 	INSERT INTO bdr.tombstones (relid, key, deleted) SELECT %s, %s, false FROM i
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = false
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = false, at_time = NULL, at_origin = NULL
 )`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.relid(), p.tombstoneKey(keys))
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}

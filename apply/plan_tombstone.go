@@ -46,9 +46,34 @@ func (p *plan) tombstoneKey(params []int) string {
 func (p *plan) tombstoneCTE(params []int) string {
 	return fmt.Sprintf(`d AS (
 	SELECT true AS found, x.deleted, NULL::text AS row, %s AS mine, c, %s AS node
-	FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true
+	FROM bdr.tombstones x LEFT JOIN LATERAL (%s) c ON true
 	WHERE x.relid = %s AND x.key = %s
-)`, mine("x.xmin"), nodeOf("c.roident"), p.relid(), p.tombstoneKey(params))
+)`, mine("x.xmin"), nodeOf("c.roident"), tombstoneVersion("x"), p.relid(), p.tombstoneKey(params))
+}
+
+// tombstoneVersion selects the version of the delete that tombstone alias
+// stands for, as pg_xact_commit_timestamp_origin does (timestamp,
+// roident): its xmin's, or the deleted row's own when a unique collision
+// deleted it (at_time; catalog migration 9).
+func tombstoneVersion(alias string) string {
+	return fmt.Sprintf(`SELECT coalesce(%[1]s.at_time, z.timestamp) AS timestamp,
+		CASE WHEN %[1]s.at_time IS NULL THEN z.roident ELSE %[1]s.at_origin END AS roident
+	FROM pg_catalog.pg_xact_commit_timestamp_origin(%[1]s.xmin) z`, alias)
+}
+
+// tombstoneNewer is true when the remote change is newer than the delete
+// tombstone alias stands for (or this transaction wrote it).
+func tombstoneNewer(alias string) string {
+	xc := "(pg_catalog.pg_xact_commit_timestamp_origin(" + alias + ".xmin))"
+	ro := fmt.Sprintf("CASE WHEN %[1]s.at_time IS NULL THEN %[2]s.roident ELSE %[1]s.at_origin END", alias, xc)
+	return conflict.CleanSQL(conflict.Inputs{
+		Found:      "true",
+		Same:       fmt.Sprintf("coalesce(%s OR %s = %s, false)", mine(alias+".xmin"), ro, setting(setOrigin, "oid")),
+		LocalTS:    fmt.Sprintf("coalesce(%s.at_time, %s.timestamp)", alias, xc),
+		LocalNode:  nodeOf(ro),
+		RemoteTS:   remoteTS,
+		RemoteNode: setting(setRemoteID, "int"),
+	})
 }
 
 // tombstoneInputs are the decision inputs of the tombstone alias (d, or l
@@ -128,12 +153,11 @@ func (p *plan) concurrentlyChanged() string {
 // it leaves its tombstone there, or makes the one there its own when it is
 // newer. cond is when it applies.
 func (p *plan) leaveTombstone(params []int, cond string) string {
-	newer := conflict.CleanSQL(inputs("true", mine("bt.xmin"), "(pg_catalog.pg_xact_commit_timestamp_origin(bt.xmin))", remoteTS))
 	return fmt.Sprintf(`ts AS (
 	INSERT INTO bdr.tombstones AS bt (relid, key)
 	SELECT %s, %s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true WHERE NOT bt.deleted OR %s
-)`, p.relid(), p.tombstoneKey(params), cond, p.table, p.keyConds("t", params), newer)
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, at_time = NULL, at_origin = NULL WHERE NOT bt.deleted OR %s
+)`, p.relid(), p.tombstoneKey(params), cond, p.table, p.keyConds("t", params), tombstoneNewer("bt"))
 }
 
 // insertDeleteRecord is h2, the insert_delete record of a remote insert (a

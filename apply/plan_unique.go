@@ -52,6 +52,12 @@ type localUnique struct {
 // the main statement: 'true' when the remote change lost to a local row.
 const setSkip = "bdr.skip"
 
+// setCollisionDeleted names, for the tombstone trigger, the rows the
+// unique statement deletes because the remote change beat them
+// ("relid/ctid;"...): their deletes take the rows' own versions (catalog
+// migration 9).
+const setCollisionDeleted = "bdr.collision_deleted"
+
 // notSkipped is false when the unique statement before decided that the
 // remote change is not applied.
 var notSkipped = fmt.Sprintf("coalesce(pg_catalog.current_setting('%s', true), '') <> 'true'", setSkip)
@@ -277,6 +283,22 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	targetGone := fmt.Sprintf(`, k AS (
 	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) AND (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) RETURNING 1
 )`, p.table, target, mine("t.xmin"), apply, ghostLost)
+	// With no row under its key, the losing change leaves a tombstone
+	// there, of its own version: on the nodes where it applied before the
+	// row it lost to arrived, that row's arrival deleted its row as of
+	// that version (see catalog migration 9).
+	row := "NULL::jsonb"
+	if !update {
+		row = tuple
+	}
+	targetGone += fmt.Sprintf(`, kt AS (
+	INSERT INTO bdr.tombstones AS bt (relid, key, row, row_time, row_origin)
+	SELECT %s, %s, %s, %s, %s
+	WHERE (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, row = excluded.row, row_time = excluded.row_time,
+		row_origin = excluded.row_origin, at_time = NULL, at_origin = NULL
+	WHERE bt.deleted AND %s
+)`, p.relid(), p.tombstoneKey(targetKey), row, remoteTS, setting(setOrigin, "oid"), ghostLost, p.table, target, tombstoneNewer("bt"))
 
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
@@ -302,12 +324,14 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	WHERE v.wins OR v.tid = (SELECT x.tid FROM w x WHERE NOT x.wins ORDER BY x.lts DESC NULLS LAST, x.lnode DESC LIMIT 1)
 	RETURNING conflict_type
 )%s
-SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN (SELECT conflict_type FROM h%s) h ON true`,
+SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true),
+	pg_catalog.set_config('%s', coalesce((SELECT pg_catalog.string_agg(%s::text || '/' || w.tid::text || ';', '') FROM w WHERE w.wins), ''), true)) s
+LEFT JOIN (SELECT conflict_type FROM h%s) h ON true`,
 		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate, conflict.InsertInsert),
 		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
 		nodeOf("c.lro"), typ, wins, converging,
 		ghost, p.table, targetGone,
 		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
 		resolution, reason, loserFate, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
-		ghostRecord, setSkip, lost, ghostTypes)
+		ghostRecord, setSkip, lost, setCollisionDeleted, p.relid(), ghostTypes)
 }

@@ -151,6 +151,44 @@ CREATE EVENT TRIGGER bdr_track_deletes ON ddl_command_end
 SELECT bdr.track_deletes(c.oid) FROM pg_catalog.pg_class c WHERE c.relkind = 'r';
 `
 
+// migrationCollisionVersions is migration 9: a tombstone may carry the
+// delete's version explicitly (at_time, at_origin) instead of its xmin's.
+//
+// A row that a unique collision deletes (a newer remote row took its value
+// of a unique index) was deleted, on every node, as of its own version:
+// where it arrives after the newer row, the change that made it is what
+// loses, in its own transaction. Stamped with the transaction that deleted
+// it here (the newer row's), its tombstone would be newer than on the
+// other nodes, and a later change of that row between the two versions (a
+// node where it had moved off the value before the newer row arrived) would
+// be skipped here and applied there. So the applier names the rows its
+// unique statement deletes in bdr.collision_deleted ("relid/ctid;"...,
+// transaction-local) and the trigger gives their tombstones the row's
+// version. Any other delete clears at_time.
+const migrationCollisionVersions = `
+ALTER TABLE bdr.tombstones ADD COLUMN at_time timestamptz, ADD COLUMN at_origin oid;
+
+CREATE OR REPLACE FUNCTION bdr.tombstone() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+	o jsonb := pg_catalog.to_jsonb(OLD);
+	v record;
+	collided boolean;
+BEGIN
+	SELECT c.timestamp, c.roident INTO v FROM pg_catalog.pg_xact_commit_timestamp_origin(OLD.xmin) c;
+	collided := v.timestamp IS NOT NULL AND pg_catalog.strpos(coalesce(pg_catalog.current_setting('bdr.collision_deleted', true), ''),
+		TG_RELID::text || '/' || OLD.ctid::text || ';') > 0;
+	INSERT INTO bdr.tombstones (relid, key, row, row_time, row_origin, at_time, at_origin)
+	SELECT TG_RELID, pg_catalog.jsonb_object_agg(a, o -> a), o, v.timestamp, v.roident,
+		CASE WHEN collided THEN v.timestamp END, CASE WHEN collided THEN v.roident END
+	FROM pg_catalog.unnest(TG_ARGV) a
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, row = excluded.row, row_time = excluded.row_time,
+		row_origin = excluded.row_origin, at_time = excluded.at_time, at_origin = excluded.at_origin;
+	RETURN NULL;
+END
+$$;
+`
+
 // FilterDump removes bdr's event triggers from the SQL pg_dump wrote of a
 // database with schema bdr (pg_dump dumps every event trigger, whatever
 // the schema of its function), and with tombstones false the tombstone
