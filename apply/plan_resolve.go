@@ -258,7 +258,11 @@ func (p *plan) keyChangeSQL(mask string) string {
 	}
 	tuple := p.tupleJSON(present, len(p.keys)+3)
 	dec := conflict.UpdateSQL(recordInputs())
-	dec.Resolution = fmt.Sprintf("CASE WHEN NOT coalesce(l.found, false) AND %s THEN '%s' ELSE %s END", inserted, conflict.KeyChangeInserted, dec.Resolution)
+	// A row under the old key that the decision applies to but the UPDATE
+	// did not change was changed or deleted concurrently since the
+	// snapshot: apply the transaction again (as resolvingUpdateSQL does).
+	dec.Resolution = fmt.Sprintf("CASE WHEN coalesce(l.found, false) AND NOT EXISTS (SELECT 1 FROM u) AND %s THEN %s WHEN NOT coalesce(l.found, false) AND %s THEN '%s' ELSE %s END",
+		dec.Apply, p.concurrentlyChanged(), inserted, conflict.KeyChangeInserted, dec.Resolution)
 	dec.Reason = fmt.Sprintf(`CASE WHEN NOT coalesce(l.found, false) AND %s
 		THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied'
 		WHEN %s THEN %s || '; the key change''s row is inserted under its new key'
