@@ -86,10 +86,6 @@ func (p *plan) resolvingInsertSQL() string {
 		vals[i] = placeholder(i+3, p.types[i])
 		sets[i] = fmt.Sprintf("%s = excluded.%s", c, c)
 	}
-	keyCols := make([]string, len(p.keys))
-	for i, k := range p.keys {
-		keyCols[i] = p.cols[k]
-	}
 	keys := p.keyParams(true, 3)
 	// A row an UPDATE inserted before this INSERT arrived (insert_update)
 	// is decided by last update wins whatever the resolver of insert_insert.
@@ -121,7 +117,7 @@ func (p *plan) resolvingInsertSQL() string {
 ), %s, %s
 SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2), %s)`,
 		resolversCTE(conflict.InsertInsert), p.tombstoneCTE(keys), p.table, strings.Join(p.cols, ", "), source,
-		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
+		p.keyColumnList(), strings.Join(sets, ", "), wins,
 		p.record(dec, resolution, p.tupleJSON(all, 3),
 			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted) AND NOT %s%s) g JOIN LATERAL %s l ON true",
 				newerDelete, notSkip, p.lookup(keys))),
@@ -151,21 +147,21 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 	missingRow := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM u) AND NOT EXISTS (SELECT 1 FROM ONLY %s x WHERE %s)%s", p.table, p.keyConds("x", keys), notSkip)
 	dIn, lIn := tombstoneInputs("d"), tombstoneInputs("l")
 	dIn.Resolver, lIn.Resolver = stmtResolvers, stmtResolvers
-	insert, inserted := "", "false"
+	insert, inserted, insertOK := "", "false", "false"
 	if !strings.Contains(mask, "0") {
 		vals := make([]string, len(p.cols))
 		for i := range p.cols {
 			vals[i] = placeholder(len(p.keys)+3+i, p.types[i])
 		}
-		insertOK := fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM d WHERE d.deleted) THEN (SELECT %s OR %s FROM d WHERE d.deleted) ELSE %s <> '%s' END",
+		insertOK = fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM d WHERE d.deleted) THEN (SELECT %s OR %s FROM d WHERE d.deleted) ELSE %s <> '%s' END",
 			dIn.Same, conflict.WinsSQL(dIn, conflict.UpdateDelete), stmtResolvers(conflict.UpdateMissing), conflict.ResolverError)
 		insert = fmt.Sprintf(`, i AS (
 	INSERT INTO %s (%s) SELECT %s WHERE %s AND %s
-	ON CONFLICT DO NOTHING RETURNING 1
+	ON CONFLICT (%s) DO NOTHING RETURNING 1
 ), m AS (
 	INSERT INTO bdr.tombstones (relid, key, deleted) SELECT %s, %s, false FROM i
 	ON CONFLICT (relid, key) DO UPDATE SET deleted = false, at_time = NULL, at_origin = NULL
-)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.relid(), p.tombstoneKey(keys))
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.keyColumnList(), p.relid(), p.tombstoneKey(keys))
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}
 	noRowReason := dec.Reason
@@ -179,6 +175,12 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 	}
 	missingRes := fmt.Sprintf("CASE WHEN l.found THEN %s WHEN %s THEN '%s' ELSE %s END",
 		conflict.ResolutionSQL(lIn, conflict.UpdateDelete, inserted), inserted, conflict.InsertMissing, dec.Resolution)
+	if insert != "" {
+		// Decided to insert the row, yet not inserted: a row that
+		// collides with it (its key, or a unique value) was inserted
+		// concurrently since the snapshot; apply the transaction again.
+		missingRes = fmt.Sprintf("CASE WHEN NOT %s AND %s THEN %s ELSE %s END", inserted, insertOK, p.concurrentlyChanged(), missingRes)
+	}
 	missingRecord := strings.Replace(p.record(missing, missingRes, p.tupleJSON(present, len(p.keys)+3),
 		fmt.Sprintf("FROM (SELECT 1 WHERE %s) g LEFT JOIN LATERAL (SELECT * FROM d WHERE d.deleted) l ON true", missingRow)),
 		"h AS (", "h2 AS (", 1)
@@ -194,6 +196,18 @@ SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s)%s) g JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
 				appliedConflict(), notSkip, p.lookup(keys), dec.Record)),
 		missingRecord)
+}
+
+// keyColumnList is the quoted key columns, for ON CONFLICT: an insert
+// that meets a row under its key does nothing, while one colliding on
+// another unique index fails (unique_violation), and is applied again with
+// a new snapshot (the unique statement then sees the row), then parked.
+func (p *plan) keyColumnList() string {
+	cols := make([]string, len(p.keys))
+	for i, k := range p.keys {
+		cols[i] = p.cols[k]
+	}
+	return strings.Join(cols, ", ")
 }
 
 // updateSets are the SET items of the UPDATE of the columns in mask, whose
@@ -252,8 +266,8 @@ func (p *plan) keyChangeSQL(mask string) string {
 		insert = fmt.Sprintf(`, i AS (
 	INSERT INTO %s (%s) SELECT %s
 	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s AND NOT %s
-	ON CONFLICT DO NOTHING RETURNING 1
-)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, newerDelete)
+	ON CONFLICT (%s) DO NOTHING RETURNING 1
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, newerDelete, p.keyColumnList())
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}
 	tuple := p.tupleJSON(present, len(p.keys)+3)
