@@ -293,7 +293,7 @@ SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.tombstoneCTE(newKey),
 		p.table, strings.Join(sets, ", "), p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
 		p.table, p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
-		p.leaveTombstone(oldKey, notSkipped),
+		p.leaveTombstone(oldKey, notSkipped, ""),
 		insert,
 		p.record(dec, dec.Resolution, tuple,
 			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s) AND %s AND NOT %s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
@@ -317,7 +317,7 @@ func (p *plan) resolvingDeleteSQL() string {
 SELECT coalesce((SELECT conflict_type FROM h), %s)`,
 		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.tombstoneCTE(params),
 		p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
-		p.leaveTombstone(params, "NOT EXISTS (SELECT 1 FROM x)"),
+		p.leaveTombstone(params, "NOT EXISTS (SELECT 1 FROM x)", ""),
 		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
 			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
 		SELECT true AS found, v.row, %s AS mine, c, %s AS node FROM (

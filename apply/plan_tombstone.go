@@ -56,20 +56,26 @@ func (p *plan) tombstoneCTE(params []int) string {
 // roident): its xmin's, or the deleted row's own when a unique collision
 // deleted it (at_time; catalog migration 9).
 func tombstoneVersion(alias string) string {
-	return fmt.Sprintf(`SELECT coalesce(%[1]s.at_time, z.timestamp) AS timestamp,
-		CASE WHEN %[1]s.at_time IS NULL THEN z.roident ELSE %[1]s.at_origin END AS roident
-	FROM pg_catalog.pg_xact_commit_timestamp_origin(%[1]s.xmin) z`, alias)
+	ts, ro := deleteVersion(alias, "z")
+	return fmt.Sprintf(`SELECT %s AS timestamp, %s AS roident
+	FROM pg_catalog.pg_xact_commit_timestamp_origin(%s.xmin) z`, ts, ro, alias)
+}
+
+// deleteVersion is the commit time and origin of the delete tombstone
+// alias stands for, given xc, the commit time and origin of its xmin.
+func deleteVersion(alias, xc string) (ts, ro string) {
+	return fmt.Sprintf("coalesce(%s.at_time, %s.timestamp)", alias, xc),
+		fmt.Sprintf("CASE WHEN %[1]s.at_time IS NULL THEN %[2]s.roident ELSE %[1]s.at_origin END", alias, xc)
 }
 
 // tombstoneNewer is true when the remote change is newer than the delete
 // tombstone alias stands for (or this transaction wrote it).
 func tombstoneNewer(alias string) string {
-	xc := "(pg_catalog.pg_xact_commit_timestamp_origin(" + alias + ".xmin))"
-	ro := fmt.Sprintf("CASE WHEN %[1]s.at_time IS NULL THEN %[2]s.roident ELSE %[1]s.at_origin END", alias, xc)
+	ts, ro := deleteVersion(alias, "(pg_catalog.pg_xact_commit_timestamp_origin("+alias+".xmin))")
 	return conflict.CleanSQL(conflict.Inputs{
 		Found:      "true",
 		Same:       fmt.Sprintf("coalesce(%s OR %s = %s, false)", mine(alias+".xmin"), ro, setting(setOrigin, "oid")),
-		LocalTS:    fmt.Sprintf("coalesce(%s.at_time, %s.timestamp)", alias, xc),
+		LocalTS:    ts,
 		LocalNode:  nodeOf(ro),
 		RemoteTS:   remoteTS,
 		RemoteNode: setting(setRemoteID, "int"),
@@ -148,16 +154,24 @@ func (p *plan) concurrentlyChanged() string {
 	return fmt.Sprintf("bdr.concurrently_changed('the row of %s')", quoteLiteral(p.table))
 }
 
-// leaveTombstone is the CTE ts of a remote delete (a DELETE, or a key
-// change's delete of its old key) that found no row under the key params:
-// it leaves its tombstone there, or makes the one there its own when it is
-// newer. cond is when it applies.
-func (p *plan) leaveTombstone(params []int, cond string) string {
+// leaveTombstone is the CTE ts of a remote change that deletes the key
+// params where it finds no row (a DELETE, a key change's delete of its old
+// key, a change that lost a unique collision): it leaves its tombstone
+// there, or makes the one there its own when it is newer. cond is when it
+// applies; row, when not "", is the jsonb of the row it stands for, kept
+// with the change's version (a ghost, see ghosts).
+func (p *plan) leaveTombstone(params []int, cond, row string) string {
+	cols, vals, sets := "", "", ""
+	if row != "" {
+		cols = ", row, row_time, row_origin"
+		vals = fmt.Sprintf(", %s, %s, %s", row, remoteTS, setting(setOrigin, "oid"))
+		sets = ", row = excluded.row, row_time = excluded.row_time, row_origin = excluded.row_origin"
+	}
 	return fmt.Sprintf(`ts AS (
-	INSERT INTO bdr.tombstones AS bt (relid, key)
-	SELECT %s, %s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, at_time = NULL, at_origin = NULL WHERE NOT bt.deleted OR %s
-)`, p.relid(), p.tombstoneKey(params), cond, p.table, p.keyConds("t", params), tombstoneNewer("bt"))
+	INSERT INTO bdr.tombstones AS bt (relid, key%s)
+	SELECT %s, %s%s WHERE %s AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, at_time = NULL, at_origin = NULL%s WHERE NOT bt.deleted OR %s
+)`, cols, p.relid(), p.tombstoneKey(params), vals, cond, p.table, p.keyConds("t", params), sets, tombstoneNewer("bt"))
 }
 
 // insertDeleteRecord is h2, the insert_delete record of a remote insert (a

@@ -291,14 +291,8 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	if !update {
 		row = tuple
 	}
-	targetGone += fmt.Sprintf(`, kt AS (
-	INSERT INTO bdr.tombstones AS bt (relid, key, row, row_time, row_origin)
-	SELECT %s, %s, %s, %s, %s
-	WHERE (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) AND NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s)
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = true, row = excluded.row, row_time = excluded.row_time,
-		row_origin = excluded.row_origin, at_time = NULL, at_origin = NULL
-	WHERE bt.deleted AND %s
-)`, p.relid(), p.tombstoneKey(targetKey), row, remoteTS, setting(setOrigin, "oid"), ghostLost, p.table, target, tombstoneNewer("bt"))
+	targetGone += ", " + p.leaveTombstone(targetKey,
+		fmt.Sprintf("(EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s)", ghostLost), row)
 
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,

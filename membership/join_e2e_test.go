@@ -25,7 +25,7 @@ type load struct {
 	ctx           context.Context
 	cancel        context.CancelFunc
 	clients, rate int
-	insertRate    int // the writer's rate when not rate (0: rate)
+	insertRate    int // the insert-only writer's rate (0: unlimited)
 	wg            sync.WaitGroup
 	mu            sync.Mutex
 	acked         map[string]int64 // per node: rows 1..acked[node] committed
