@@ -3,7 +3,6 @@
 #   make demo        three nodes on this machine, replicating (make demo-stop ends it)
 #   make test        lint and the whole test suite against real PostgreSQL servers
 #   make test-long   the randomized convergence test for 50 rounds (make test runs 5)
-#   make test-known-bugs  reproductions of known divergences (they fail)
 #   make bench-apply apply benchmark: bdrd against PostgreSQL's own logical replication
 #   make bench-join  join under load against pg_dump | pg_restore (pgbench scale 50)
 #   make bench-wan   pgbench across emulated WAN links: multi-master against streaming replication
@@ -16,7 +15,7 @@ BIN         := bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_FLAGS  ?= -race -timeout 15m
 
-.PHONY: all build deps test test-long test-known-bugs lint unit demo demo-stop bench-apply bench-join bench-wan clean
+.PHONY: all build deps test test-long lint unit demo demo-stop bench-apply bench-join bench-wan clean
 
 all: build
 
@@ -67,11 +66,6 @@ TEST_LONG_ROUNDS ?= 50
 
 test-long: deps
 	BDR_RANDOM_ROUNDS=$(TEST_LONG_ROUNDS) $(GO) test -race -timeout 90m -count=1 -v -run '^TestRandomConvergence$$' ./apply/
-
-# test-known-bugs runs the reproductions of known divergences (apply's
-# known_bugs_test.go, build tag knownbugs): they fail until fixed.
-test-known-bugs: deps
-	$(GO) test -tags knownbugs -count=1 -v -run '^TestKnownBug' ./apply/
 
 unit:
 	$(GO) test -short ./conflict/ ./decoder/ ./internal/pgerr/ ./internal/state/ ./internal/proc/

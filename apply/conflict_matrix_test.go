@@ -56,7 +56,6 @@ const (
 const (
 	resKeepLocal  = string(conflict.KeepLocal)
 	resKeepRemote = string(conflict.KeepRemote)
-	resDeleteWins = string(conflict.DeleteWins)
 	resSkip       = string(conflict.Skip)
 )
 
@@ -101,6 +100,8 @@ type mconflict struct {
 	typ, res string
 	remote   int // index in writes of the remote change
 	local    int // index in writes of the local row's version, or noLocal
+	// deleted: the local version is a delete (its tombstone): no local row
+	deleted bool
 }
 
 type mparked struct {
@@ -147,34 +148,58 @@ var matrixCases = []matrixCase{
 		conflicts: []mconflict{{on: nodeA, typ: "update_update", res: resKeepLocal, remote: 0, local: 1}},
 	},
 	{
-		// The delete is older than the update and still wins.
+		// The update is newer than the delete: A inserts the row again as B
+		// changed it (the tombstone of A's delete is older).
 		name:   "update_delete",
 		rows:   kvStart,
 		writes: []mwrite{{nodeA, `DELETE FROM kv WHERE k = 1`}, {nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}},
-		want:   "2=other",
+		want:   "1=b 2=other",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "update_missing", res: resSkip, remote: 1, local: noLocal},
-			{on: nodeB, typ: "update_delete", res: resDeleteWins, remote: 0, local: 1},
+			{on: nodeA, typ: "update_delete", res: resKeepRemote, remote: 1, local: 0, deleted: true},
+			{on: nodeB, typ: "update_delete", res: resKeepLocal, remote: 0, local: 1},
 		},
 	},
 	{
-		// The update is older than the delete: B has nothing to update;
-		// A applies the newer delete without a record.
-		name:      "update_missing",
+		// The delete is newer than the update: A applies it without a
+		// record; B finds the tombstone of its delete, newer than A's update.
+		name:      "update_delete_newer_delete",
 		rows:      kvStart,
 		writes:    []mwrite{{nodeA, `UPDATE kv SET v = 'a' WHERE k = 1`}, {nodeB, `DELETE FROM kv WHERE k = 1`}},
 		want:      "2=other",
-		conflicts: []mconflict{{on: nodeB, typ: "update_missing", res: resSkip, remote: 0, local: noLocal}},
+		conflicts: []mconflict{{on: nodeB, typ: "update_delete", res: resKeepLocal, remote: 0, local: 1, deleted: true}},
 	},
 	{
-		// delete_delete is recorded as delete_missing (no tombstones).
-		name:   "delete_missing",
+		// B deletes the row and inserts it again, after A deleted it: the
+		// row of B's insert is the newest version (TestKnownBugDeleteBeatsReinsert).
+		name:   "delete_then_insert",
+		rows:   kvStart,
+		writes: []mwrite{{nodeA, `DELETE FROM kv WHERE k = 1`}, {nodeB, `DELETE FROM kv WHERE k = 1`}, {nodeB, `INSERT INTO kv VALUES (1, 'again')`}},
+		want:   "1=again 2=other",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "delete_delete", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "update_delete", res: resKeepLocal, remote: 0, local: 2},
+		},
+	},
+	{
+		// An insert older than a delete of its key loses to the tombstone:
+		// A inserts and deletes the key after B inserted it.
+		name:   "insert_delete",
+		writes: []mwrite{{nodeB, `INSERT INTO kv VALUES (3, 'b')`}, {nodeA, `INSERT INTO kv VALUES (3, 'a'); DELETE FROM kv WHERE k = 3`}},
+		want:   "",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "insert_delete", res: resKeepLocal, remote: 0, local: 1, deleted: true},
+			{on: nodeB, typ: "insert_insert", res: resKeepRemote, remote: 1, local: 0},
+		},
+	},
+	{
+		// Both delete the row: the tombstones meet.
+		name:   "delete_delete",
 		rows:   kvStart,
 		writes: []mwrite{{nodeA, `DELETE FROM kv WHERE k = 1`}, {nodeB, `DELETE FROM kv WHERE k = 1`}},
 		want:   "2=other",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "delete_missing", res: resSkip, remote: 1, local: noLocal},
-			{on: nodeB, typ: "delete_missing", res: resSkip, remote: 0, local: noLocal},
+			{on: nodeA, typ: "delete_delete", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeB, typ: "delete_delete", res: resSkip, remote: 0, local: noLocal},
 		},
 	},
 	{
@@ -189,10 +214,10 @@ var matrixCases = []matrixCase{
 		want: "1=b 2=other 4=b",
 		conflicts: []mconflict{
 			{on: nodeA, typ: "insert_insert", res: resKeepRemote, remote: 1, local: 0},
-			{on: nodeA, typ: "delete_missing", res: resSkip, remote: 1, local: noLocal},
+			{on: nodeA, typ: "delete_delete", res: resSkip, remote: 1, local: noLocal},
 			{on: nodeB, typ: "insert_insert", res: resKeepLocal, remote: 0, local: 1},
 			{on: nodeB, typ: "update_update", res: resKeepLocal, remote: 0, local: 1},
-			{on: nodeB, typ: "delete_missing", res: resSkip, remote: 0, local: noLocal},
+			{on: nodeB, typ: "delete_delete", res: resSkip, remote: 0, local: noLocal},
 		},
 	},
 
@@ -253,14 +278,16 @@ var matrixCases = []matrixCase{
 		},
 	},
 	{
-		// A key change wins over a later update of the row, as a delete.
-		name:   "key_change_wins",
+		// A key change is a delete of the old key and an insert of the
+		// new one: a later update of the row wins over the delete, and the
+		// insert stays.
+		name:   "key_change_later_update",
 		rows:   kvStart,
 		writes: []mwrite{{nodeA, `UPDATE kv SET k = 3 WHERE k = 1`}, {nodeB, `UPDATE kv SET v = 'b' WHERE k = 1`}},
-		want:   "2=other 3=start",
+		want:   "1=b 2=other 3=start",
 		conflicts: []mconflict{
-			{on: nodeA, typ: "update_missing", res: resSkip, remote: 1, local: noLocal},
-			{on: nodeB, typ: "update_update", res: "key_change_wins", remote: 0, local: 1},
+			{on: nodeA, typ: "update_delete", res: resKeepRemote, remote: 1, local: 0, deleted: true},
+			{on: nodeB, typ: "update_update", res: resKeepLocal, remote: 0, local: 1},
 		},
 	},
 	{
@@ -604,10 +631,12 @@ func (e *matrixEnv) matches(w mconflict, r recorded, ws []written) error {
 		return fmt.Errorf("%s has a local row, want none", r)
 	case w.local == noLocal:
 		return nil
+	case w.deleted && r.localTuple:
+		return fmt.Errorf("%s has a local row, want the version of a delete", r)
 	}
 	lw := ws[w.local]
 	switch {
-	case !r.localTuple || r.localTime == nil || r.localNode == nil:
+	case !w.deleted && !r.localTuple, r.localTime == nil || r.localNode == nil:
 		return fmt.Errorf("%s has no local row, version or node", r)
 	case !r.localTime.Equal(lw.commit) || *r.localNode != e.ids[lw.node]:
 		return fmt.Errorf("%s: local version %s by node %d, want %s", r, r.localTime, *r.localNode, version(lw.commit, lw.node))

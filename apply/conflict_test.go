@@ -35,9 +35,9 @@ func TestLastUpdateWins(t *testing.T) {
 	step(b, `UPDATE kv SET v = 'b2' WHERE k = 2`) //
 	step(a, `DELETE FROM kv WHERE k = 2`)         // the later delete wins
 	step(a, `DELETE FROM kv WHERE k = 3`)         //
-	step(b, `UPDATE kv SET v = 'b3' WHERE k = 3`) // update_delete: the delete wins though older
+	step(b, `UPDATE kv SET v = 'b3' WHERE k = 3`) // update_delete: the update is later and wins
 	step(a, `DELETE FROM kv WHERE k = 4`)         //
-	step(b, `DELETE FROM kv WHERE k = 4`)         // delete_missing on both
+	step(b, `DELETE FROM kv WHERE k = 4`)         // delete_delete on both
 	step(c, `UPDATE kv SET v = 'c5' WHERE k = 5`) //
 	step(a, `UPDATE kv SET v = 'a5' WHERE k = 5`) // a5 wins over c5
 	step(c, `INSERT INTO kv VALUES (200, 'c')`)   // no conflict
@@ -47,7 +47,7 @@ func TestLastUpdateWins(t *testing.T) {
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	grouptest.AssertConverged(t, nodes)
 
-	want := map[int]string{1: "b1", 5: "a5", 6: "start", 100: "b", 200: "c"}
+	want := map[int]string{1: "b1", 3: "b3", 5: "a5", 6: "start", 100: "b", 200: "c"}
 	for _, n := range nodes {
 		if got := n.QueryInt(`SELECT count(*) FROM kv`); got != int64(len(want)) {
 			t.Errorf("%s: %d rows, want %d", n.Name, got, len(want))
@@ -67,10 +67,10 @@ func TestLastUpdateWins(t *testing.T) {
 		{a, "insert_insert", "last_update_wins_keep_remote", 100, b},
 		{b, "insert_insert", "last_update_wins_keep_local", 100, a},
 		{b, "update_update", "last_update_wins_keep_local", 1, a},
-		{a, "update_missing", "skip_change", 3, b},
-		{b, "update_delete", "delete_wins", 3, a},
-		{a, "delete_missing", "skip_change", 4, b},
-		{b, "delete_missing", "skip_change", 4, a},
+		{a, "update_delete", "last_update_wins_keep_remote", 3, b},
+		{b, "update_delete", "last_update_wins_keep_local", 3, a},
+		{a, "delete_delete", "skip_change", 4, b},
+		{b, "delete_delete", "skip_change", 4, a},
 		{a, "update_update", "last_update_wins_keep_local", 5, c},
 	}
 	for _, e := range expect {

@@ -31,8 +31,11 @@ type Config struct {
 	// lock (lock_timeout); the transaction is then retried. 0 means
 	// DefaultLockTimeout.
 	LockTimeout time.Duration
-	Logger      *slog.Logger
-	Registry    prometheus.Registerer
+	// TombstoneEvery is how often the tombstones every peer has gone past
+	// are removed (collectTombstones); 0 means DefaultTombstoneEvery.
+	TombstoneEvery time.Duration
+	Logger         *slog.Logger
+	Registry       prometheus.Registerer
 	// WriteStatus publishes stream status into the catalog; nil disables it.
 	WriteStatus func(ctx context.Context, s []catalog.StreamStatus) error
 }
@@ -99,6 +102,8 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) Run(ctx context.Context) error {
 	tick := time.NewTicker(statusEveryApply)
 	defer tick.Stop()
+	tomb := time.NewTicker(cmp.Or(m.cfg.TombstoneEvery, DefaultTombstoneEvery))
+	defer tomb.Stop()
 	var last []catalog.StreamStatus
 	for {
 		select {
@@ -110,6 +115,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			close(r.done)
 		case <-tick.C:
 			last = m.publish(ctx, last)
+		case <-tomb.C:
+			if err := m.collectTombstones(ctx); err != nil {
+				m.log.Warn("removing tombstones", "err", err)
+			}
 		}
 	}
 }

@@ -27,11 +27,15 @@ func (p *plan) insertSQL() string {
 	for i := range p.cols {
 		vals[i] = placeholder(i+1, p.types[i])
 	}
-	sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
-	if p.resolving() {
-		sql += " RETURNING " + countApplied
+	if !p.resolving() {
+		return fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "))
 	}
-	return sql
+	// A key with a tombstone goes to the resolving INSERT, which compares
+	// the versions.
+	// So does a new row colliding with a deleted row on a unique index.
+	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s WHERE %s AND %s RETURNING %s",
+		p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), p.noTombstone(p.keyParams(true, 1)),
+		p.noGhost(p.keyParams(true, 1), func(c int) (int, bool) { return c + 1, true }), countApplied)
 }
 
 // updateSQL is the UPDATE of the columns present in mask.
@@ -41,9 +45,11 @@ func (p *plan) updateSQL(mask string) string {
 	}
 	next := len(p.keys) + 1
 	var sets []string
+	params := map[int]int{}
 	for i, c := range p.cols {
 		if mask[i] == '1' {
 			sets = append(sets, fmt.Sprintf("%s = %s", c, placeholder(next, p.types[i])))
+			params[i] = next
 			next++
 		}
 	}
@@ -51,9 +57,12 @@ func (p *plan) updateSQL(mask string) string {
 		return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE t.ctid = (SELECT x.ctid FROM ONLY %s x WHERE %s LIMIT 1)",
 			p.table, strings.Join(sets, ", "), p.table, p.keyConds("x", p.keyParams(false, 1)))
 	}
-	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s RETURNING %s",
+	// A new value colliding with a deleted row on a unique index sends
+	// the change to the resolving statements.
+	ghost := p.noGhost(p.keyParams(false, 1), func(c int) (int, bool) { n, ok := params[c]; return n, ok })
+	return fmt.Sprintf("UPDATE ONLY %s t SET %s WHERE %s AND %s AND %s RETURNING %s",
 		p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 1)),
-		p.clean("t", placeholder(next, "timestamptz"), conflict.UpdateSQL), countApplied)
+		p.clean("t", placeholder(next, "timestamptz"), conflict.UpdateSQL), ghost, countApplied)
 }
 
 func (p *plan) deleteSQL() string {

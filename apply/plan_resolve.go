@@ -86,31 +86,42 @@ func (p *plan) resolvingInsertSQL() string {
 		vals[i] = placeholder(i+3, p.types[i])
 		sets[i] = fmt.Sprintf("%s = excluded.%s", c, c)
 	}
-	keyCols := make([]string, len(p.keys))
-	for i, k := range p.keys {
-		keyCols[i] = p.cols[k]
-	}
-	wins := conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
+	keys := p.keyParams(true, 3)
+	// A row an UPDATE inserted before this INSERT arrived (insert_update)
+	// is decided by last update wins whatever the resolver of insert_insert.
+	overtaken := "EXISTS (SELECT 1 FROM d WHERE NOT d.deleted)"
+	wins := fmt.Sprintf("CASE WHEN %s THEN %s ELSE %s END", overtaken,
+		conflict.RemoteWinsSQL(p.rowInputs("t", remoteTS, stmtResolvers)), conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert))
 	dec := conflict.InsertSQL(recordInputs())
-	source, notSkip := "VALUES ("+strings.Join(vals, ", ")+")", ""
+	dec.Type = fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE '%s' END", overtaken, conflict.InsertUpdate, conflict.InsertInsert)
+	resolution := fmt.Sprintf("CASE WHEN %s THEN CASE WHEN EXISTS (SELECT 1 FROM i) THEN '%s' ELSE '%s' END ELSE %s END", overtaken,
+		conflict.KeepRemote, conflict.KeepLocal, conflict.ResolutionSQL(recordInputs(), conflict.InsertInsert, "EXISTS (SELECT 1 FROM i)"))
+	newerDelete := fmt.Sprintf("EXISTS (SELECT 1 FROM d WHERE d.deleted AND NOT %s)", conflict.CleanSQL(tombstoneInputs("d")))
+	source := fmt.Sprintf("SELECT %s WHERE NOT %s", strings.Join(vals, ", "), newerDelete)
+	notSkip := ""
 	if len(p.uniques) > 0 {
 		// After the unique statement (plan_unique.go), which may have
 		// decided that the row is not inserted.
-		source = fmt.Sprintf("SELECT %s WHERE %s", strings.Join(vals, ", "), notSkipped)
+		source += " AND " + notSkipped
 		notSkip = " AND " + notSkipped
 	}
-	return fmt.Sprintf(`WITH %s, i AS (
+	deletedRecord := p.insertDeleteRecord(p.tupleJSON(all, 3), newerDelete+notSkip, "")
+	// Not inserted, and no row in the snapshot: a concurrent transaction
+	// inserted it; the record would read nothing (apply it again).
+	concurrent := fmt.Sprintf("(SELECT %s WHERE NOT EXISTS (SELECT 1 FROM i) AND NOT %s%s AND NOT EXISTS %s)",
+		p.concurrentlyChanged(), newerDelete, notSkip, p.lookup(keys))
+	return fmt.Sprintf(`WITH %s, %s, i AS (
 	INSERT INTO %s AS t (%s) %s
 	ON CONFLICT (%s) DO UPDATE SET %s WHERE %s
 	RETURNING t.xmax = 0 AS inserted
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		resolversCTE(conflict.InsertInsert), p.table, strings.Join(p.cols, ", "), source,
-		strings.Join(keyCols, ", "), strings.Join(sets, ", "), wins,
-		p.record(dec, conflict.ResolutionSQL(recordInputs(), conflict.InsertInsert, "EXISTS (SELECT 1 FROM i)"),
-			p.tupleJSON(all, 3),
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted)%s) g LEFT JOIN LATERAL %s l ON true",
-				notSkip, p.lookup(p.keyParams(true, 3)))))
+), %s, %s
+SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2), %s)`,
+		resolversCTE(conflict.InsertInsert), p.tombstoneCTE(keys), p.table, strings.Join(p.cols, ", "), source,
+		p.keyColumnList(), strings.Join(sets, ", "), wins,
+		p.record(dec, resolution, p.tupleJSON(all, 3),
+			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.inserted) AND NOT %s%s) g JOIN LATERAL %s l ON true",
+				newerDelete, notSkip, p.lookup(keys))),
+		deletedRecord, concurrent)
 }
 
 // resolvingUpdateSQL is the UPDATE of the columns present in mask; with
@@ -125,20 +136,78 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 		return p.keyChangeSQL(mask)
 	}
 	sets, present := p.updateSets(mask)
+	keys := p.keyParams(false, 3)
 	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
 	dec := conflict.UpdateSQL(recordInputs())
 	notSkip := ""
 	if afterUnique {
 		notSkip = " AND " + notSkipped
 	}
-	return fmt.Sprintf(`WITH %s, u AS (
+	// No row: the tombstone decides (plan_tombstone.go).
+	missingRow := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM u) AND NOT EXISTS (SELECT 1 FROM ONLY %s x WHERE %s)%s", p.table, p.keyConds("x", keys), notSkip)
+	dIn, lIn := tombstoneInputs("d"), tombstoneInputs("l")
+	dIn.Resolver, lIn.Resolver = stmtResolvers, stmtResolvers
+	insert, inserted, insertOK := "", "false", "false"
+	if !strings.Contains(mask, "0") {
+		vals := make([]string, len(p.cols))
+		for i := range p.cols {
+			vals[i] = placeholder(len(p.keys)+3+i, p.types[i])
+		}
+		insertOK = fmt.Sprintf("CASE WHEN EXISTS (SELECT 1 FROM d WHERE d.deleted) THEN (SELECT %s OR %s FROM d WHERE d.deleted) ELSE %s <> '%s' END",
+			dIn.Same, conflict.WinsSQL(dIn, conflict.UpdateDelete), stmtResolvers(conflict.UpdateMissing), conflict.ResolverError)
+		insert = fmt.Sprintf(`, i AS (
+	INSERT INTO %s (%s) SELECT %s WHERE %s AND %s
+	ON CONFLICT (%s) DO NOTHING RETURNING 1
+), m AS (
+	INSERT INTO bdr.tombstones (relid, key, deleted) SELECT %s, %s, false FROM i
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = false, at_time = NULL, at_origin = NULL
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.keyColumnList(), p.relid(), p.tombstoneKey(keys))
+		inserted = "EXISTS (SELECT 1 FROM i)"
+	}
+	noRowReason := dec.Reason
+	if strings.Contains(mask, "0") {
+		noRowReason = "'" + reasonUpdateToast + "'"
+	}
+	missing := conflict.DecisionSQL{
+		Type: fmt.Sprintf("CASE WHEN l.found THEN '%s' ELSE '%s' END", conflict.UpdateDelete, conflict.UpdateMissing),
+		Reason: fmt.Sprintf("CASE WHEN l.found THEN 'the row was deleted here: ' || %s WHEN %s THEN '%s' ELSE %s END",
+			conflict.ReasonSQL(lIn, conflict.UpdateDelete), inserted, reasonInsertMissing, noRowReason),
+	}
+	missingRes := fmt.Sprintf("CASE WHEN l.found THEN %s WHEN %s THEN '%s' ELSE %s END",
+		conflict.ResolutionSQL(lIn, conflict.UpdateDelete, inserted), inserted, conflict.InsertMissing, dec.Resolution)
+	if insert != "" {
+		// Decided to insert the row, yet not inserted: a row that
+		// collides with it (its key, or a unique value) was inserted
+		// concurrently since the snapshot; apply the transaction again.
+		missingRes = fmt.Sprintf("CASE WHEN NOT %s AND %s THEN %s ELSE %s END", inserted, insertOK, p.concurrentlyChanged(), missingRes)
+	}
+	missingRecord := strings.Replace(p.record(missing, missingRes, p.tupleJSON(present, len(p.keys)+3),
+		fmt.Sprintf("FROM (SELECT 1 WHERE %s) g LEFT JOIN LATERAL (SELECT * FROM d WHERE d.deleted) l ON true", missingRow)),
+		"h AS (", "h2 AS (", 1)
+	return fmt.Sprintf(`WITH %s, %s, u AS (
 	UPDATE ONLY %s t SET %s WHERE %s%s AND (%s OR %s) RETURNING 1
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.table, strings.Join(sets, ", "), p.keyConds("t", p.keyParams(false, 3)), notSkip, mine("t.xmin"), apply,
-		p.record(dec, dec.Resolution, p.tupleJSON(present, len(p.keys)+3),
-			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s)%s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
-				appliedConflict(), notSkip, p.lookup(p.keyParams(false, 3)), dec.Record)))
+)%s, %s, %s
+SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
+		resolversCTE(conflict.UpdateUpdate, conflict.UpdateDelete, conflict.UpdateMissing), p.tombstoneCTE(keys),
+		p.table, strings.Join(sets, ", "), p.keyConds("t", keys), notSkip, mine("t.xmin"), apply,
+		insert,
+		p.record(dec, fmt.Sprintf("CASE WHEN NOT EXISTS (SELECT 1 FROM u) AND %s THEN %s ELSE %s END", dec.Apply, p.concurrentlyChanged(), dec.Resolution),
+			p.tupleJSON(present, len(p.keys)+3),
+			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s)%s) g JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
+				appliedConflict(), notSkip, p.lookup(keys), dec.Record)),
+		missingRecord)
+}
+
+// keyColumnList is the quoted key columns, for ON CONFLICT: an insert
+// that meets a row under its key does nothing, while one colliding on
+// another unique index fails (unique_violation), and is applied again with
+// a new snapshot (the unique statement then sees the row), then parked.
+func (p *plan) keyColumnList() string {
+	cols := make([]string, len(p.keys))
+	for i, k := range p.keys {
+		cols[i] = p.cols[k]
+	}
+	return strings.Join(cols, ", ")
 }
 
 // updateSets are the SET items of the UPDATE of the columns in mask, whose
@@ -156,21 +225,38 @@ func (p *plan) updateSets(mask string) (sets []string, present []int) {
 }
 
 // keyChangeSQL is the resolving UPDATE that changes the key. A key change
-// is a delete and an insert, and resolves as they do on every node:
+// is a delete of the old key and an insert of the new one, and resolves as
+// they do on every node:
 //
-//   - over a concurrent update of the row, it wins whatever the times, as
-//     a delete would (recorded update_update, key_change_wins): the node
-//     that made the key change skips the update, whose key is gone;
+//   - over an older local row under the old key, it is applied;
+//   - over a newer one (changed concurrently, later), that row stays, as it
+//     would over the delete (update_update, last_update_wins_keep_local),
+//     and the key change's row is inserted under the new key, as the insert;
 //   - with no row under the old key (deleted or changed concurrently), its
 //     row is inserted under the new key, as it exists on the nodes where
-//     the change applied (update_missing, key_change_inserted); when the
-//     change does not carry every column (unchanged TOAST values) it is
-//     skipped as before.
+//     the change applied (update_missing, key_change_inserted).
 //
-// Collisions on the new key are settled by the unique statement before.
+// The insert needs every column: a change that does not carry them all
+// (unchanged TOAST values) is skipped instead. Collisions on the new key
+// are settled by the unique statement before.
 func (p *plan) keyChangeSQL(mask string) string {
 	sets, present := p.updateSets(mask)
 	oldKey := p.keyParams(false, 3)
+	// The new key's values are among the present columns' (a key change
+	// carries its key).
+	param := map[int]int{}
+	for i, c := range present {
+		param[c] = len(p.keys) + 3 + i
+	}
+	newKey := make([]int, len(p.keys))
+	for i, k := range p.keys {
+		newKey[i] = param[k]
+	}
+	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	// The insert under the new key loses to a newer delete of that key
+	// (its tombstone, d): the row under the old key is then deleted, as
+	// the key change's delete, when that wins.
+	newerDelete := fmt.Sprintf("EXISTS (SELECT 1 FROM d WHERE d.deleted AND NOT %s)", conflict.CleanSQL(tombstoneInputs("d")))
 	insert, inserted := "", "false"
 	if !strings.Contains(mask, "0") {
 		vals := make([]string, len(p.cols))
@@ -179,39 +265,40 @@ func (p *plan) keyChangeSQL(mask string) string {
 		}
 		insert = fmt.Sprintf(`, i AS (
 	INSERT INTO %s (%s) SELECT %s
-	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s AND NOT EXISTS (SELECT 1 FROM ONLY %s x WHERE %s)
-	ON CONFLICT DO NOTHING RETURNING 1
-)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, p.table, p.keyConds("x", oldKey))
+	WHERE NOT EXISTS (SELECT 1 FROM u) AND %s AND NOT %s
+	ON CONFLICT (%s) DO NOTHING RETURNING 1
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), notSkipped, newerDelete, p.keyColumnList())
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}
 	tuple := p.tupleJSON(present, len(p.keys)+3)
-	missing := conflict.UpdateSQL(recordInputs())
-	missing.Resolution = fmt.Sprintf("CASE WHEN %s THEN '%s' ELSE %s END", inserted, conflict.KeyChangeInserted, missing.Resolution)
-	missing.Reason = fmt.Sprintf("CASE WHEN %s THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied' ELSE %s END",
-		inserted, missing.Reason)
-	won := conflict.DecisionSQL{
-		Type:       fmt.Sprintf("'%s'", conflict.UpdateUpdate),
-		Resolution: fmt.Sprintf("'%s'", conflict.KeyChangeWins),
-		Reason: fmt.Sprintf("'a key change wins over a concurrent update, as a delete does (local ' || %s || ', remote ' || %s || ')'",
-			conflict.VersionSQL("(l.c).timestamp", nodeOf("(l.c).roident")), conflict.VersionSQL(remoteTS, setting(setRemoteID, "int"))),
-	}
-	wonRecord := strings.Replace(p.record(won, won.Resolution, tuple,
-		fmt.Sprintf("FROM (SELECT true AS found, u.row, u.mine, u.c, %s AS node FROM u) l WHERE NOT %s", nodeOf("(u.c).roident"), conflict.CleanSQL(recordInputs()))),
-		"h AS (", "h2 AS (", 1)
-	return fmt.Sprintf(`WITH %s, u AS (
-	UPDATE ONLY %s t SET %s
-	FROM (SELECT x.ctid AS tid, x AS row, %s AS mine, c FROM ONLY %s x
-		LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true WHERE %s) o
-	WHERE t.ctid = o.tid AND %s
-	RETURNING o.row, o.mine, o.c
-)%s, %s, %s
+	dec := conflict.UpdateSQL(recordInputs())
+	// A row under the old key that the decision applies to but the UPDATE
+	// did not change was changed or deleted concurrently since the
+	// snapshot: apply the transaction again (as resolvingUpdateSQL does).
+	dec.Resolution = fmt.Sprintf("CASE WHEN coalesce(l.found, false) AND NOT EXISTS (SELECT 1 FROM u) AND %s THEN %s WHEN NOT coalesce(l.found, false) AND %s THEN '%s' ELSE %s END",
+		dec.Apply, p.concurrentlyChanged(), inserted, conflict.KeyChangeInserted, dec.Resolution)
+	dec.Reason = fmt.Sprintf(`CASE WHEN NOT coalesce(l.found, false) AND %s
+		THEN 'no local row with the old key; the key change inserts its row under the new key, as on the nodes where it applied'
+		WHEN %s THEN %s || '; the key change''s row is inserted under its new key'
+		ELSE %s END`, inserted, inserted, dec.Reason, dec.Reason)
+	deletedRecord := p.insertDeleteRecord(tuple, newerDelete+" AND "+notSkipped, "the new key was deleted here later: ")
+	// With no row under the old key, the key change's delete leaves its
+	// tombstone there, as a DELETE does.
+	return fmt.Sprintf(`WITH %s, %s, u AS (
+	UPDATE ONLY %s t SET %s WHERE %s AND %s AND NOT %s AND (%s OR %s) RETURNING 1
+), x AS (
+	DELETE FROM ONLY %s t WHERE %s AND %s AND %s AND (%s OR %s) RETURNING 1
+), %s%s, %s, %s
 SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
-		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.table, strings.Join(sets, ", "), mine("x.xmin"), p.table, p.keyConds("x", oldKey), notSkipped,
+		resolversCTE(conflict.UpdateUpdate, conflict.UpdateMissing), p.tombstoneCTE(newKey),
+		p.table, strings.Join(sets, ", "), p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
+		p.table, p.keyConds("t", oldKey), notSkipped, newerDelete, mine("t.xmin"), apply,
+		p.leaveTombstone(oldKey, notSkipped, ""),
 		insert,
-		p.record(missing, missing.Resolution, tuple,
-			fmt.Sprintf("FROM (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM u) AND %s) g LEFT JOIN LATERAL %s l ON true",
-				notSkipped, p.lookup(oldKey))),
-		wonRecord)
+		p.record(dec, dec.Resolution, tuple,
+			fmt.Sprintf("FROM (SELECT 1 WHERE (NOT EXISTS (SELECT 1 FROM u) OR %s) AND %s AND NOT %s) g LEFT JOIN LATERAL %s l ON true WHERE NOT EXISTS (SELECT 1 FROM u) OR %s",
+				appliedConflict(), notSkipped, newerDelete, p.lookup(oldKey), dec.Record)),
+		deletedRecord)
 }
 
 // resolvingDeleteSQL deletes the row when the resolver says so (last
@@ -219,12 +306,18 @@ SELECT coalesce((SELECT conflict_type FROM h), (SELECT conflict_type FROM h2))`,
 // on the row it left.
 func (p *plan) resolvingDeleteSQL() string {
 	dec := conflict.DeleteSQL(recordInputs())
-	keys := p.keyConds("t", p.keyParams(false, 3))
-	return fmt.Sprintf(`WITH %s, x AS (
+	dec.Type = fmt.Sprintf("CASE WHEN l.found THEN '%s' WHEN EXISTS (SELECT 1 FROM d WHERE d.deleted) THEN '%s' ELSE '%s' END",
+		conflict.UpdateDelete, conflict.DeleteDelete, conflict.DeleteMissing)
+	params := p.keyParams(false, 3)
+	keys := p.keyConds("t", params)
+	// With no row, the delete leaves its tombstone (plan_tombstone.go).
+	return fmt.Sprintf(`WITH %s, %s, x AS (
 	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) RETURNING t AS row, t.xmin AS xm
-), %s
-SELECT (SELECT conflict_type FROM h)`,
-		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
+), %s, %s
+SELECT coalesce((SELECT conflict_type FROM h), %s)`,
+		resolversCTE(conflict.UpdateDelete, conflict.DeleteMissing), p.tombstoneCTE(params),
+		p.table, keys, mine("t.xmin"), conflict.DeleteSQL(p.rowInputs("t", remoteTS, stmtResolvers)).Apply,
+		p.leaveTombstone(params, "NOT EXISTS (SELECT 1 FROM x)", ""),
 		p.record(dec, dec.Resolution, p.tupleJSON(p.keys, 3),
 			fmt.Sprintf(`FROM (SELECT 1) g LEFT JOIN LATERAL (
 		SELECT true AS found, v.row, %s AS mine, c, %s AS node FROM (
@@ -233,5 +326,9 @@ SELECT (SELECT conflict_type FROM h)`,
 			(SELECT t, t.xmin FROM ONLY %s t WHERE %s AND NOT EXISTS (SELECT 1 FROM x) LIMIT 1)
 		) v LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(v.xm) c ON true
 	) l ON true
-	WHERE %s`, mine("v.xm"), nodeOf("c.roident"), p.table, keys, dec.Record)))
+	WHERE %s`, mine("v.xm"), nodeOf("c.roident"), p.table, keys, dec.Record)),
+		// The row of the snapshot, which the delete would have deleted,
+		// was changed or deleted concurrently: apply it again.
+		fmt.Sprintf("(SELECT %s FROM %s l WHERE NOT EXISTS (SELECT 1 FROM x) AND %s)",
+			p.concurrentlyChanged(), p.lookup(params), dec.Apply))
 }

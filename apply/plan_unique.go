@@ -52,6 +52,12 @@ type localUnique struct {
 // the main statement: 'true' when the remote change lost to a local row.
 const setSkip = "bdr.skip"
 
+// setCollisionDeleted names, for the tombstone trigger, the rows the
+// unique statement deletes because the remote change beat them
+// ("relid/ctid;"...): their deletes take the rows' own versions (catalog
+// migration 9).
+const setCollisionDeleted = "bdr.collision_deleted"
+
 // notSkipped is false when the unique statement before decided that the
 // remote change is not applied.
 var notSkipped = fmt.Sprintf("coalesce(pg_catalog.current_setting('%s', true), '') <> 'true'", setSkip)
@@ -134,13 +140,14 @@ func (p *plan) uniqueInsertSQL() string {
 	param := func(c int) int { return c + 3 }
 	var checks []check
 	for _, u := range p.uniques {
-		checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary})
+		checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary,
+			ghost: p.ghostCond(u.cols, param)})
 	}
 	all := make([]int, len(p.cols))
 	for i := range all {
 		all[i] = i
 	}
-	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(true, 3)), false, p.tupleJSON(all, 3))
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(true, 3)), p.keyParams(true, 3), false, p.tupleJSON(all, 3))
 }
 
 // uniqueUpdateSQL is the unique statement before the resolving UPDATE of
@@ -172,13 +179,14 @@ func (p *plan) uniqueUpdateSQL(mask string, keyChanged bool) string {
 	}
 	for _, u := range p.uniques {
 		if carried(u.cols) {
-			checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary})
+			checks = append(checks, check{index: u.name, cond: p.collision("t", u.cols, u.nullsNotDistinct, param), typ: conflict.UniqueSecondary,
+				ghost: p.ghostCond(u.cols, param)})
 		}
 	}
 	if len(checks) == 0 {
 		return ""
 	}
-	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(false, 3)), true, p.tupleJSON(present, len(p.keys)+3))
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(false, 3)), p.keyParams(false, 3), true, p.tupleJSON(present, len(p.keys)+3))
 }
 
 // check is one index a remote row may collide on.
@@ -186,19 +194,54 @@ type check struct {
 	index string
 	cond  string
 	typ   conflict.Type
+	ghost string // the collision with a deleted row (ghostCond); "" for the key
 }
 
 // uniqueSQL finds the local rows other than the target (the row with the
 // change's key) that collide on one of checks, deletes those the remote
-// change beats, and when one beats it, sets bdr.skip and, for an UPDATE,
-// deletes the target. It records one conflict per row deleted, and one for
+// change beats, and when one beats it, sets bdr.skip and deletes the
+// target if the change would have replaced it. It records one conflict per row deleted, and one for
 // the local row that beat the change; it returns their types.
-func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple string) string {
+//
+// A deleted row of another key that collides with the change and is newer
+// beats it too (under last_update_wins): had the change arrived before the
+// delete, that row would have won (plan_tombstone.go, ghosts).
+func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update bool, tuple string) string {
 	conds := make([]string, len(checks))
 	indexes := make([]string, len(checks))
+	var ghostConds []string
 	for i, c := range checks {
 		conds[i] = c.cond
 		indexes[i] = fmt.Sprintf("CASE WHEN %s THEN '%s:%s' END", c.cond, c.typ, strings.ReplaceAll(c.index, "'", "''"))
+		if c.ghost != "" {
+			ghostConds = append(ghostConds, c.ghost)
+		}
+	}
+	ghost, ghostRecord, ghostTypes := "", "", ""
+	ghostFate := "the remote row is not inserted"
+	if update {
+		ghostFate = "the remote update is not applied and its row is deleted"
+	}
+	if len(ghostConds) > 0 {
+		gin := conflict.Inputs{Found: "true", Same: "false", LocalTS: "g.lts", LocalNode: "g.lnode",
+			RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int")}
+		ghost = fmt.Sprintf(`, g AS (
+	SELECT * FROM (%s) g WHERE %s = '%s' AND NOT %s ORDER BY g.lts DESC LIMIT 1
+)`, p.ghosts(ghostConds, targetKey), stmtResolvers(conflict.UniqueSecondary), conflict.ResolverLastUpdateWins, conflict.RemoteWinsSQL(gin))
+		ghostRecord = fmt.Sprintf(`, h2 AS (
+	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
+		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
+		local_origin_node_id, remote_tuple, remote_xid, remote_commit_time, remote_commit_lsn)
+	SELECT %s, %s, %s, %s, $1::text, $2::text, '%s', '%s',
+		'collides with a row deleted here since (its tombstone): ' || %s || '; %s',
+		g.row, g.lts, g.lnode, %s, %s, %s, %s
+	FROM g WHERE NOT EXISTS (SELECT 1 FROM w WHERE NOT w.wins)
+	RETURNING conflict_type
+)`, setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
+			conflict.UniqueSecondary, conflict.KeepLocal, conflict.ReasonSQL(gin, conflict.UniqueSecondary),
+			ghostFate,
+			tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"))
+		ghostTypes = " UNION ALL SELECT conflict_type FROM h2"
 	}
 	in := conflict.Inputs{Found: "true", Same: "false", LocalTS: "v.lts", LocalNode: "v.lnode",
 		RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int"), Resolver: stmtResolvers}
@@ -222,14 +265,35 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 	typ := fmt.Sprintf("CASE WHEN (SELECT count(DISTINCT x) FROM c, unnest(c.indexes) x) > 1 THEN '%s' ELSE split_part(c.indexes[1], ':', 1) END",
 		conflict.MultipleUnique)
 	lost := "EXISTS (SELECT 1 FROM w WHERE NOT w.wins)"
-	targetGone := ""
-	loserFate := "the remote row is not inserted"
-	if update {
-		targetGone = fmt.Sprintf(`, k AS (
-	DELETE FROM ONLY %s t WHERE %s AND EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging) RETURNING 1
-)`, p.table, target)
-		loserFate = "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
+	ghostLost := ""
+	if ghost != "" {
+		lost = "(" + lost + " OR EXISTS (SELECT 1 FROM g))"
+		ghostLost = " OR EXISTS (SELECT 1 FROM g)"
 	}
+	// The row under the change's key (the target) goes too when the
+	// change would have replaced it: a losing UPDATE's row, and the row a
+	// losing INSERT beats under insert_insert; a newer local version of it
+	// stays, as it would without the collision.
+	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	loserFate := "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
+	if !update {
+		apply = conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
+		loserFate = "the remote row is not inserted, and a local row it would have replaced is deleted"
+	}
+	targetGone := fmt.Sprintf(`, k AS (
+	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) AND (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) RETURNING 1
+)`, p.table, target, mine("t.xmin"), apply, ghostLost)
+	// With no row under its key, the losing change leaves a tombstone
+	// there, of its own version: on the nodes where it applied before the
+	// row it lost to arrived, that row's arrival deleted its row as of
+	// that version (see catalog migration 9).
+	row := "NULL::jsonb"
+	if !update {
+		row = tuple
+	}
+	targetGone += ", " + p.leaveTombstone(targetKey,
+		fmt.Sprintf("(EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s)", ghostLost), row)
+
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
 		array_remove(ARRAY[%s], NULL) AS indexes
@@ -240,7 +304,7 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 	SELECT c.*, %s AS lnode, %s AS ctype FROM c
 ), w AS (
 	SELECT v.*, %s AS wins, %s AS converging FROM v
-), d AS (
+)%s, d AS (
 	DELETE FROM ONLY %s t USING w WHERE t.ctid = w.tid AND w.wins RETURNING 1
 )%s, h AS (
 	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
@@ -253,13 +317,15 @@ func (p *plan) uniqueSQL(checks []check, target string, update bool, tuple strin
 	FROM w v
 	WHERE v.wins OR v.tid = (SELECT x.tid FROM w x WHERE NOT x.wins ORDER BY x.lts DESC NULLS LAST, x.lnode DESC LIMIT 1)
 	RETURNING conflict_type
-)
-SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true)) s LEFT JOIN h ON true`,
-		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique),
+)%s
+SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true),
+	pg_catalog.set_config('%s', coalesce((SELECT pg_catalog.string_agg(%s::text || '/' || w.tid::text || ';', '') FROM w WHERE w.wins), ''), true)) s
+LEFT JOIN (SELECT conflict_type FROM h%s) h ON true`,
+		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate, conflict.InsertInsert),
 		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
 		nodeOf("c.lro"), typ, wins, converging,
-		p.table, targetGone,
+		ghost, p.table, targetGone,
 		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
 		resolution, reason, loserFate, tuple, setting(setXid, "bigint"), setting(setCommitTS, "timestamptz"), setting(setCommitLSN, "pg_lsn"),
-		setSkip, lost)
+		ghostRecord, setSkip, lost, setCollisionDeleted, p.relid(), ghostTypes)
 }

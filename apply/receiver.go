@@ -195,6 +195,7 @@ func (r *receiver) handle(ctx context.Context, data []byte) error {
 			return fmt.Errorf("keepalive from %s: %w", r.peer.Name, err)
 		}
 		r.track.serverPosition(ka.ServerWALEnd, r.dec.InTxn())
+		r.track.keepalive(ka.ServerTime)
 		if ka.ReplyRequested {
 			return r.sendStatus(false)
 		}

@@ -61,7 +61,7 @@ func checkRecords(t *testing.T, a, b *grouptest.Node, recs []record) {
 // TestResolverTwoNodes sets a resolver per table on the first of two nodes
 // while the group runs (the second node must read it too, without a
 // restart), then provokes insert_insert and update_update on every table
-// (and update_delete, update_missing on some) with the appliers paused,
+// (and update_delete on some) with the appliers paused,
 // the first node's changes earlier than the second's. Each node must end
 // with what its resolver says and record it; where the resolver converges
 // the nodes are identical, where it does not they differ exactly as
@@ -94,7 +94,7 @@ func TestResolverTwoNodes(t *testing.T) {
 		{"r_apply", "update_update", "apply_remote"},
 		{"r_error", "insert_insert", "error"},
 		{"r_error", "update_update", "error"},
-		{"r_error", "update_missing", "error"},
+		{"r_error", "update_delete", "error"},
 	} {
 		a.Exec(`SELECT bdr.alter_table_conflict_resolver($1, $2, $3)`, s[0], s[1], s[2])
 	}
@@ -132,13 +132,13 @@ func TestResolverTwoNodes(t *testing.T) {
 		}
 	}
 	step(a, `UPDATE r_keep SET v = 'a2' WHERE k = 2`) // b deletes it later: update_delete on a
-	step(a, `DELETE FROM r_error WHERE k = 3`)        // b updates it later: update_missing on a
+	step(a, `DELETE FROM r_error WHERE k = 3`)        // b updates it later: update_delete on both
 	step(b, `DELETE FROM r_keep WHERE k = 2`)
 	step(b, `UPDATE r_error SET v = 'b3' WHERE k = 3`)
 	resume()
 
 	pgtest.WaitFor(t, time.Minute, "the error resolver's transactions to be parked", func() (bool, error) {
-		return a.QueryInt(`SELECT count(*) FROM bdr.apply_errors`) == 2 && b.QueryInt(`SELECT count(*) FROM bdr.apply_errors`) == 2, nil
+		return a.QueryInt(`SELECT count(*) FROM bdr.apply_errors`) == 2 && b.QueryInt(`SELECT count(*) FROM bdr.apply_errors`) == 3, nil
 	})
 	// No stall: a later unrelated change still replicates.
 	a.Exec(`INSERT INTO r_luw VALUES (300, 'after')`)
@@ -152,7 +152,7 @@ func TestResolverTwoNodes(t *testing.T) {
 		"r_fuw":   {"1=b1 2=start 3=start 4=start 100=a", ""},
 		"r_keep":  {"1=a1 2=a2 3=w8 4=start 100=a", "1=b1 3=w8 4=start 100=b"},
 		"r_apply": {"1=b1 2=start 3=start 4=start 100=b", "1=a1 2=start 3=start 4=start 100=a"},
-		"r_error": {"1=b1 2=start 4=start 100=a", "1=b1 2=start 4=start 100=b"},
+		"r_error": {"1=b1 2=start 4=start 100=a", "1=b1 2=start 3=b3 4=start 100=b"},
 	}
 	for tbl, w := range want {
 		if w[1] == "" {
@@ -184,13 +184,13 @@ func TestResolverTwoNodes(t *testing.T) {
 		{n: b, table: "r_keep", typ: "insert_insert", res: "keep_local", k: 100, from: a, reason: "the local row is kept whatever the versions (%)"},
 		{n: a, table: "r_keep", typ: "update_delete", res: "keep_local", k: 2, from: b,
 			reason: "the local row is kept whatever the versions (local % by node %A, remote delete % by node %B)"},
-		{n: b, table: "r_keep", typ: "update_missing", res: "skip_change", k: 2, from: a, reason: "no local row with this key%"},
+		{n: b, table: "r_keep", typ: "update_delete", res: "keep_local", k: 2, from: a,
+			reason: "the row was deleted here: the local row is kept whatever the versions (local % by node %B, remote % by node %A)"},
 		{n: a, table: "r_apply", typ: "insert_insert", res: "apply_remote", k: 100, from: b,
 			reason: "the remote change is applied whatever the versions (local % by node %A, remote % by node %B)"},
 		{n: b, table: "r_apply", typ: "insert_insert", res: "apply_remote", k: 100, from: a, reason: "the remote change is applied whatever the versions (%)"},
 		{n: b, table: "r_apply", typ: "update_update", res: "apply_remote", k: 1, from: a,
 			reason: "the remote update is applied whatever the versions (local % by node %B, remote update % by node %A)"},
-		{n: b, table: "r_error", typ: "update_delete", res: "delete_wins", k: 3, from: a, reason: "delete wins over a concurrent update%"},
 	})
 	// b's newer update of r_apply's row 1 was an ordinary later update on a.
 	if n := a.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE table_name = 'r_apply' AND conflict_type = 'update_update'`); n != 0 {
@@ -198,12 +198,12 @@ func TestResolverTwoNodes(t *testing.T) {
 	}
 
 	// The error resolver parked, on a, b's insert and b's update of the row
-	// a deleted; on b, a's insert and a's older update; with SQLSTATE BR003
-	// and the conflict in the error.
+	// a deleted; on b, a's older update, a's insert and a's delete of the
+	// row b updated later; with SQLSTATE BR003 and the conflict in the error.
 	for _, p := range []struct {
 		n     *grouptest.Node
 		types []string
-	}{{a, []string{"insert_insert", "update_missing"}}, {b, []string{"update_update", "insert_insert"}}} {
+	}{{a, []string{"insert_insert", "update_delete"}}, {b, []string{"update_update", "insert_insert", "update_delete"}}} {
 		errs := pgtest.Strings(t, p.n.DSN, `SELECT format('%s %s %s %s', state, sqlstate, array_to_string(tables, ','), error)
 			FROM bdr.apply_errors ORDER BY error_id`)
 		for i, e := range errs {
@@ -216,7 +216,7 @@ func TestResolverTwoNodes(t *testing.T) {
 	for _, p := range []struct {
 		n    *grouptest.Node
 		want string
-	}{{a, "insert_insert, update_missing"}, {b, "insert_insert, update_update"}} {
+	}{{a, "insert_insert, update_delete"}, {b, "insert_insert, update_delete, update_update"}} {
 		if got := p.n.QueryText(`SELECT coalesce(string_agg(conflict_type, ', ' ORDER BY conflict_type), '') FROM bdr.conflict_history
 			WHERE table_name = 'r_error' AND resolution = 'parked' AND reason LIKE '%(resolver error)%'`); got != p.want {
 			t.Errorf("%s recorded the parked conflicts %q, want %q", p.n.Name, got, p.want)
@@ -237,23 +237,24 @@ func TestResolverTwoNodes(t *testing.T) {
 
 	// Back to last_update_wins, set on b this time: the retries of the
 	// parked transactions apply them by it, on both nodes.
-	for _, typ := range []string{"insert_insert", "update_update", "update_missing"} {
+	for _, typ := range []string{"insert_insert", "update_update", "update_delete"} {
 		b.Exec(`SELECT bdr.alter_table_conflict_resolver('r_error', $1, 'default')`, typ)
 	}
 	for _, n := range nodes {
 		pgtest.WaitFor(t, time.Minute, "the parked transactions of "+n.Name+" to be applied by a retry", func() (bool, error) {
-			return n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'applied'`) == 2, nil
+			return n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'applied'`) == n.QueryInt(`SELECT count(*) FROM bdr.apply_errors`), nil
 		})
 	}
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	sameTables(t, nodes, "r_luw", "r_fuw", "r_error")
-	if got := tableRows(t, a, "r_error"); got != "1=b1 2=start 4=start 100=b" {
+	if got := tableRows(t, a, "r_error"); got != "1=b1 2=start 3=b3 4=start 100=b" {
 		t.Errorf("r_error after the retries: %s", got)
 	}
 	checkRecords(t, a, b, []record{
 		{n: a, table: "r_error", typ: "insert_insert", res: "last_update_wins_keep_remote", k: 100, from: b, reason: luwRemote},
-		{n: a, table: "r_error", typ: "update_missing", res: "skip_change", k: 3, from: b, reason: "%"},
+		{n: a, table: "r_error", typ: "update_delete", res: "last_update_wins_keep_remote", k: 3, from: b, reason: "the row was deleted here: " + luwRemote},
 		{n: b, table: "r_error", typ: "insert_insert", res: "last_update_wins_keep_local", k: 100, from: a, reason: luwLocal},
+		{n: b, table: "r_error", typ: "update_delete", res: "last_update_wins_keep_local", k: 3, from: a, reason: "local % by node %B is newer than or ties with remote delete % by node %A"},
 		{n: b, table: "r_error", typ: "update_update", res: "last_update_wins_keep_local", k: 1, from: a, reason: luwLocal},
 	})
 	if t.Failed() {

@@ -27,6 +27,10 @@ type tracker struct {
 	processed   decoder.LSN // end of the last transaction done
 	lastCommit  time.Time   // commit time of the last transaction applied
 	lastApplied time.Time   // when it was applied
+	// horizon: every transaction the provider committed before this time
+	// (its clock) is done here, give or take the commits in flight at a
+	// keepalive (see horizonAt); zero until known.
+	horizon time.Time
 }
 
 type trackEntry struct {
@@ -76,6 +80,9 @@ func (t *tracker) doneLocked(local decoder.LSN, applied bool) {
 	e.local = local
 	t.applied++
 	t.processed = e.end
+	if e.commit.After(t.horizon) {
+		t.horizon = e.commit
+	}
 	if applied {
 		t.lastCommit = e.commit
 		t.lastApplied = time.Now()
@@ -123,6 +130,27 @@ func (t *tracker) serverPosition(end decoder.LSN, midTxn bool) {
 	}
 	t.midTxn = midTxn
 	t.mu.Unlock()
+}
+
+// keepalive records a keepalive sent at the provider's time at: when the
+// stream has nothing pending and the decoder is between transactions, the
+// provider's commits before it are done here (a logical walsender sends
+// keepalives once it has sent what it decoded; a commit whose time was
+// taken but whose record was not yet written may still come, hence the
+// margin of the tombstone collection).
+func (t *tracker) keepalive(at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.queue) == 0 && !t.midTxn && at.After(t.horizon) {
+		t.horizon = at
+	}
+}
+
+// horizonAt returns the horizon (see tracker.horizon).
+func (t *tracker) horizonAt() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.horizon
 }
 
 // confirmable returns the position to confirm. When nothing received is

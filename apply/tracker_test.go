@@ -183,3 +183,55 @@ func TestTrackerSkip(t *testing.T) {
 		t.Error("processedPast(600) is false after the skip")
 	}
 }
+
+// TestTombstoneHorizon: a stream's horizon follows the commits done and the
+// keepalives received with nothing pending; the node's is the earliest of
+// its streams', less the margin, and there is none while a stream has no
+// run (its peer is down) or no horizon yet, or there is no stream.
+func TestTombstoneHorizon(t *testing.T) {
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	tr := newTracker(100)
+	if !tr.horizonAt().IsZero() {
+		t.Fatal("a new tracker has a horizon")
+	}
+	tr.received(200, t0)
+	tr.keepalive(t0.Add(time.Minute)) // a transaction is pending
+	if !tr.horizonAt().IsZero() {
+		t.Fatalf("horizon %s with a transaction pending", tr.horizonAt())
+	}
+	tr.done(150, true)
+	if got := tr.horizonAt(); !got.Equal(t0) {
+		t.Fatalf("horizon %s after the transaction of %s", got, t0)
+	}
+	tr.flushed(150)
+	tr.serverPosition(300, true) // the decoder is inside a transaction
+	tr.keepalive(t0.Add(time.Minute))
+	if got := tr.horizonAt(); !got.Equal(t0) {
+		t.Fatalf("horizon %s with a transaction being received", got)
+	}
+	tr.serverPosition(300, false)
+	tr.keepalive(t0.Add(time.Minute))
+	if got := tr.horizonAt(); !got.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("horizon %s after an idle keepalive", got)
+	}
+
+	m := &Manager{streams: map[string]*running{}}
+	if _, ok := m.tombstoneHorizon(); ok {
+		t.Fatal("a horizon without streams")
+	}
+	up := &stream{track: tr}
+	m.streams["b"] = &running{s: up}
+	m.streams["c"] = &running{s: &stream{}} // not running: its peer is down
+	if _, ok := m.tombstoneHorizon(); ok {
+		t.Fatal("a horizon while a stream is not running")
+	}
+	other := newTracker(100)
+	m.streams["c"].s.track = other
+	if _, ok := m.tombstoneHorizon(); ok {
+		t.Fatal("a horizon while a stream has none yet")
+	}
+	other.keepalive(t0.Add(30 * time.Second))
+	if got, ok := m.tombstoneHorizon(); !ok || !got.Equal(t0.Add(30*time.Second-tombstoneMargin)) {
+		t.Fatalf("horizon %s, %v; want the earliest stream's less the margin", got, ok)
+	}
+}

@@ -1,11 +1,13 @@
 package apply_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/bdr-dev/bdr/internal/grouptest"
+	"github.com/bdr-dev/bdr/internal/pgtest"
 )
 
 // TestUniqueConflicts provokes conflicts on unique indexes other than the
@@ -149,8 +151,8 @@ func testExclusionParked(t *testing.T, size int) {
 }
 
 // TestKeyChange: a primary-key change is a delete and an insert, and
-// resolves as they do, on 2 and on 3 nodes: it wins over a later update of
-// the row (which the node that changed the key skips), it is inserted under
+// resolves as they do, on 2 and on 3 nodes: a later update of the row wins
+// over its delete, so the row stays under both keys; it is inserted under
 // its new key when the row was deleted, and two concurrent key changes of
 // one row leave both rows.
 func TestKeyChange(t *testing.T) {
@@ -172,7 +174,7 @@ func TestKeyChange(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			step(a, `UPDATE kv SET k = 10 WHERE k = 1`)
-			step(b, `UPDATE kv SET v = 'b' WHERE k = 1`) // later, but the key change wins
+			step(b, `UPDATE kv SET v = 'b' WHERE k = 1`) // later than the key change's delete of 1: both rows stay
 			step(a, `UPDATE kv SET k = 20 WHERE k = 2`)
 			step(b, `DELETE FROM kv WHERE k = 2`) // the row lives on under 20
 			step(a, `UPDATE kv SET k = 30 WHERE k = 3`)
@@ -183,7 +185,7 @@ func TestKeyChange(t *testing.T) {
 			grouptest.WaitQuiet(t, nodes, time.Minute)
 			grouptest.AssertConverged(t, nodes)
 			for _, n := range nodes {
-				if got := n.QueryText(`SELECT string_agg(k || '=' || v, ' ' ORDER BY k) FROM kv`); got != "4=start 10=start 20=start 30=start 31=start" {
+				if got := n.QueryText(`SELECT string_agg(k || '=' || v, ' ' ORDER BY k) FROM kv`); got != "1=b 4=start 10=start 20=start 30=start 31=start" {
 					t.Errorf("%s: %s", n.Name, got)
 				}
 			}
@@ -191,9 +193,9 @@ func TestKeyChange(t *testing.T) {
 				b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_inserted'`); got < 2 {
 				t.Errorf("%d key changes inserted under the new key recorded, want 2 or more", got)
 			}
-			if b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE resolution = 'key_change_wins'
-				AND reason LIKE 'a key change wins over a concurrent update%by node%by node%'`) != 1 {
-				t.Errorf("%s: the key change winning over the update is not recorded: %s", b.Name,
+			if b.QueryInt(`SELECT count(*) FROM bdr.conflict_history WHERE conflict_type = 'update_update'
+				AND resolution = 'last_update_wins_keep_local' AND reason LIKE '%by node%by node%inserted under its new key'`) != 1 {
+				t.Errorf("%s: the update winning over the key change is not recorded: %s", b.Name,
 					b.QueryText(`SELECT coalesce(string_agg(conflict_type || ' ' || resolution || ': ' || reason, '; '), '') FROM bdr.conflict_history`))
 			}
 		})
@@ -236,6 +238,67 @@ func TestUniqueResolver(t *testing.T) {
 		}
 		if got := n.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked' AND 'public.strict' = ANY (tables)`); got != 1 {
 			t.Errorf("%s: %d parked transactions on strict, want 1", n.Name, got)
+		}
+	}
+}
+
+// TestCollisionDeleteVersion: a row that a unique collision deletes is
+// deleted as of its own version on every node. Node a renames row 3 to
+// 'n'; node w receives that, then renames it to 'm'; node b, which has
+// seen neither, inserts row 2 named 'n', later than both. On a, row 2
+// arrives first (w's transaction waits on a lock a session holds on a) and
+// deletes row 3 ('n', older): w's rename, later than row 3's version but
+// earlier than row 2, must then bring row 3 back as 'm' on a, as it stays
+// on w and b, where row 3 had left 'n' before row 2 came. (Stamped with
+// row 2's version, the delete skipped the rename on a, and a lost row 3.)
+func TestCollisionDeleteVersion(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t), "cdv", grouptest.Options{}, func(first *grouptest.Node) {
+		first.Exec(`CREATE TABLE users (id int PRIMARY KEY, name text UNIQUE, v int)`)
+		first.Exec(`CREATE TABLE gate (id int)`)
+		first.Exec(`INSERT INTO users VALUES (3, 'x', 0)`)
+	})
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	a, w, b := nodes[0], nodes[1], nodes[2]
+	ctx := context.Background()
+	if err := b.Client().Pause(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A session on a holds the gate: w's transaction, which writes it
+	// first, waits there.
+	lock := pgtest.Conn(t, a.DSN)
+	tx, err := lock.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE gate IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	a.Exec(`UPDATE users SET name = 'n' WHERE id = 3`)
+	pgtest.WaitFor(t, time.Minute, "w to rename row 3", func() (bool, error) {
+		return w.QueryText(`SELECT name FROM users WHERE id = 3`) == "n", nil
+	})
+	w.Exec(`BEGIN; INSERT INTO gate VALUES (1); UPDATE users SET name = 'm' WHERE id = 3; COMMIT`)
+	time.Sleep(5 * time.Millisecond)
+	b.Exec(`INSERT INTO users VALUES (2, 'n', 0)`)
+	pgtest.WaitFor(t, time.Minute, "row 2 on a", func() (bool, error) {
+		return a.QueryInt(`SELECT count(*) FROM users WHERE id = 2`) == 1, nil
+	})
+	if got := a.QueryInt(`SELECT count(*) FROM users WHERE id = 3`); got != 0 {
+		t.Fatalf("%s still has row 3 after row 2 arrived: the test did not set up the order it means to", a.Name)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Client().Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	grouptest.AssertConverged(t, nodes)
+	for _, n := range nodes {
+		if got := n.QueryText(`SELECT string_agg(id || '=' || name, ' ' ORDER BY id) FROM users`); got != "2=n 3=m" {
+			t.Errorf("%s: %s, want 2=n 3=m", n.Name, got)
 		}
 	}
 }

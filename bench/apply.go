@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/catalog"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 	"github.com/bdr-dev/bdr/internal/proc"
 )
@@ -164,19 +165,16 @@ func RunApply(ctx context.Context, cfg ApplyConfig) (ApplyResult, error) {
 		pgbench_tellers, pgbench_history, bench_marker`); err != nil {
 		return ApplyResult{}, err
 	}
-	dump := pub.Command(ctx, "pg_dump", "--schema-only", "--no-publications", "--exclude-schema=bdr", "bench")
-	restore := sub.Command(ctx, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "native")
-	if restore.Stdin, err = dump.StdoutPipe(); err != nil {
-		return ApplyResult{}, err
-	}
-	if err := restore.Start(); err != nil {
-		return ApplyResult{}, err
-	}
-	if err := dump.Run(); err != nil {
+	// The schema without bdr's triggers: the native database has no
+	// schema bdr.
+	schema, err := pub.Command(ctx, "pg_dump", "--schema-only", "--no-publications", "--exclude-schema=bdr", "bench").Output()
+	if err != nil {
 		return ApplyResult{}, fmt.Errorf("pg_dump: %w", err)
 	}
-	if err := restore.Wait(); err != nil {
-		return ApplyResult{}, fmt.Errorf("psql: %w", err)
+	restore := sub.Command(ctx, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "native")
+	restore.Stdin = strings.NewReader(catalog.FilterDump(string(schema), false))
+	if out, err := restore.CombinedOutput(); err != nil {
+		return ApplyResult{}, fmt.Errorf("psql: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	subscribe := fmt.Sprintf(`CREATE SUBSCRIPTION native_sub CONNECTION '%s' PUBLICATION native_pub`,
 		strings.ReplaceAll(pub.DSN("bench"), "'", "''"))

@@ -5,7 +5,7 @@
 //
 //   - RunApply: catch-up speed of bdrd against PostgreSQL's own logical
 //     replication on the same pgbench changes.
-//   - RunJoin: a join under load against pg_dump | pg_restore.
+//   - RunJoin: a join under load against pg_dump | psql.
 //   - RunWAN: pgbench across emulated WAN links (in-process toxiproxy
 //     proxies, one per service of each site, with a toxic of our own for
 //     delay, jitter and bandwidth that also counts the bytes, and a UDP

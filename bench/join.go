@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bdr-dev/bdr/internal/adminapi"
+	"github.com/bdr-dev/bdr/internal/catalog"
 	"github.com/bdr-dev/bdr/internal/pgcluster"
 	"github.com/bdr-dev/bdr/internal/proc"
 )
@@ -51,7 +52,7 @@ type JoinResult struct {
 	Join            time.Duration `json:"join_ns"`              // bdrctl join, admitted to caught up, under load
 	Copy            time.Duration `json:"copy_ns"`              // of which the row copy
 	CopySessions    int           `json:"copy_sessions"`        // in that many sessions
-	DumpRestore     time.Duration `json:"dump_restore_ns"`      // pg_dump | pg_restore, same servers, same load
+	DumpRestore     time.Duration `json:"dump_restore_ns"`      // pg_dump | psql, same servers, same load
 	PgbenchTxns     int64         `json:"pgbench_transactions"` // committed on the members during the join
 	JoinerPeakRSS   int64         `json:"joiner_bdrd_peak_rss_bytes"`
 	CopiedRows      int64         `json:"copied_rows"`
@@ -68,7 +69,7 @@ func (r JoinResult) Ratio() float64 { return r.Join.Seconds() / r.DumpRestore.Se
 func (r JoinResult) Report() string {
 	return fmt.Sprintf(`join of a third node onto a group holding %d MB, pgbench running on both members
   bdrctl join (admitted to caught up)  %8.2fs   (row copy %.2fs, %s: %d rows, %d MB of COPY text)
-  pg_dump | pg_restore                 %8.2fs
+  pg_dump | psql                       %8.2fs
   ratio join/dump-restore: %.2f   joiner bdrd peak RSS: %d MB   pgbench transactions during the join: %d
   conflicts the joiner recorded while catching up: %d
 `, r.DatabaseBytes>>20, r.Join.Seconds(), r.Copy.Seconds(), sessions(r.CopySessions), r.CopiedRows, r.CopiedTextBytes>>20,
@@ -82,7 +83,7 @@ func sessions(n int) string {
 	return fmt.Sprintf("%d sessions", n)
 }
 
-// RunJoin measures a join under write load against pg_dump | pg_restore of
+// RunJoin measures a join under write load against pg_dump | psql of
 // the same database between the same servers: a group of two members
 // (pgbench scale cfg.Scale, the second joined through the first), pgbench
 // on both, a third node joins through the second; then, with pgbench still
@@ -214,22 +215,39 @@ func RunJoin(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 		res.PgbenchTxns += n - before[i]
 	}
 
-	say("pg_dump | pg_restore of the second member's database into a new one on the third server, under the same load")
+	say("pg_dump | psql of the second member's database into a new one on the third server, under the same load")
 	start = time.Now()
-	dump := b.Command(ctx, "pg_dump", "-Fc", "--exclude-schema=bdr", "--no-publications", "bench")
-	restore := c.Command(ctx, "pg_restore", "--no-owner", "-d", "restored")
-	if restore.Stdin, err = dump.StdoutPipe(); err != nil {
+	// Plain SQL through psql, without bdr's triggers (the restored
+	// database has no schema bdr): the same work as pg_dump -Fc |
+	// pg_restore without -j.
+	dump := b.Command(ctx, "pg_dump", "--exclude-schema=bdr", "--no-publications", "--no-owner", "bench")
+	restore := c.Command(ctx, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "restored")
+	dumpOut, err := dump.StdoutPipe()
+	if err != nil {
+		return JoinResult{}, err
+	}
+	restoreIn, err := restore.StdinPipe()
+	if err != nil {
 		return JoinResult{}, err
 	}
 	if err := restore.Start(); err != nil {
 		return JoinResult{}, err
 	}
-	if err := dump.Run(); err != nil {
+	if err := dump.Start(); err != nil {
+		_ = restoreIn.Close()
 		_ = restore.Wait()
 		return JoinResult{}, fmt.Errorf("pg_dump: %w", err)
 	}
-	if err := restore.Wait(); err != nil {
-		return JoinResult{}, fmt.Errorf("pg_restore: %w", err)
+	copyErr := catalog.CopyDump(restoreIn, dumpOut, false)
+	_ = restoreIn.Close()
+	dumpErr, restoreErr := dump.Wait(), restore.Wait()
+	switch {
+	case dumpErr != nil:
+		return JoinResult{}, fmt.Errorf("pg_dump: %w", dumpErr)
+	case restoreErr != nil:
+		return JoinResult{}, fmt.Errorf("psql: %w", restoreErr)
+	case copyErr != nil:
+		return JoinResult{}, fmt.Errorf("pg_dump | psql: %w", copyErr)
 	}
 	res.DumpRestore = time.Since(start)
 

@@ -20,8 +20,29 @@ const (
 	UpdateDelete Type = "update_delete"
 	// UpdateMissing: a remote UPDATE found no row with its key.
 	UpdateMissing Type = "update_missing"
-	// DeleteMissing: a remote DELETE found no row with its key.
+	// DeleteMissing: a remote DELETE found no row with its key, and no
+	// tombstone: the row never arrived here (it is inserted by a change
+	// still on its way, which the tombstone the DELETE leaves will beat).
 	DeleteMissing Type = "delete_missing"
+)
+
+// Conflict types told apart by tombstones (bdr.tombstones, the versions of
+// deleted rows). Last update wins decides them whatever resolvers are set:
+// they compare a remote change with a delete, or with a row whose change
+// overtook its insert, and only comparing the versions makes every node
+// end the same.
+const (
+	// DeleteDelete: a remote DELETE found its row already deleted here
+	// (a tombstone).
+	DeleteDelete Type = "delete_delete"
+	// InsertUpdate: a remote INSERT found a row that an UPDATE of that
+	// row, from another node, had inserted here before it: the update
+	// overtook the insert on its way (three nodes or more).
+	InsertUpdate Type = "insert_update"
+	// InsertDelete: a remote INSERT found its key deleted here by a newer
+	// DELETE (a tombstone): the delete overtook the insert, or the insert
+	// was concurrent with it.
+	InsertDelete Type = "insert_delete"
 )
 
 // Conflict types on other constraints than the replica identity.
@@ -57,8 +78,13 @@ type Resolution string
 const (
 	KeepLocal  Resolution = "last_update_wins_keep_local"
 	KeepRemote Resolution = "last_update_wins_keep_remote"
-	// DeleteWins: a DELETE beats a concurrent UPDATE whatever the times.
+	// DeleteWins: a DELETE beat a concurrent UPDATE whatever the times
+	// (before tombstones; no longer decided, kept for old records).
 	DeleteWins Resolution = "delete_wins"
+	// InsertMissing: a remote UPDATE found no row and no tombstone: its
+	// INSERT had not arrived yet; the row is inserted as the update made
+	// it (when the change carries every column).
+	InsertMissing Resolution = "insert_missing_row"
 	// Skip: the change had nothing to act on and was skipped.
 	Skip Resolution = "skip_change"
 	// ApplyAnyway: the change is applied although it breaks a constraint
@@ -66,9 +92,9 @@ const (
 	ApplyAnyway Resolution = "apply_anyway"
 	// Parked: the whole transaction is parked in bdr.apply_errors.
 	Parked Resolution = "parked"
-	// KeyChangeWins: a remote UPDATE that changes the key is applied over
-	// a concurrent update of the row, as a delete would be (a key change
-	// is a delete and an insert).
+	// KeyChangeWins: a remote UPDATE that changed the key was applied over
+	// a concurrent update of the row whatever the times (before
+	// tombstones; no longer decided, kept for old records).
 	KeyChangeWins Resolution = "key_change_wins"
 	// KeyChangeInserted: a remote key change found no row under the old
 	// key (deleted, or changed, concurrently); its row is inserted under
@@ -153,9 +179,8 @@ type Decision struct {
 // A conflict is a remote change that meets a local row written by another
 // node at the same time or later (the local row "changed since"), a remote
 // INSERT whose key exists, or a change whose row is missing. The later
-// commit wins, ties to the higher node id; a DELETE wins over a concurrent
-// UPDATE, because without tombstones the deleting node cannot compare times
-// when the update reaches it. Two nodes that see the same pair of versions
+// commit wins, ties to the higher node id, DELETEs included: a delete is a
+// version too, kept in a tombstone. Two nodes that see the same pair of versions
 // always reach the same outcome, which is what makes the group converge.
 //
 // A remote change newer than a local version written elsewhere is applied

@@ -34,7 +34,7 @@ func TestDecide(t *testing.T) {
 		{"update_update, tie", Update, found(v(0, 3)), v(0, 2), true, UpdateUpdate, KeepLocal, false},
 		{"update_missing", Update, Local{}, v(0, 1), true, UpdateMissing, Skip, false},
 		{"delete of an older row from elsewhere", Delete, found(v(0, 3)), v(time.Second, 2), false, "", "", true},
-		{"update_delete: delete wins even when older", Delete, found(v(time.Second, 1)), v(0, 2), true, UpdateDelete, DeleteWins, true},
+		{"update_delete: the newer update stays", Delete, found(v(time.Second, 1)), v(0, 2), true, UpdateDelete, KeepLocal, false},
 		{"delete_missing", Delete, Local{}, v(0, 1), true, DeleteMissing, Skip, false},
 	}
 	for _, tt := range tests {

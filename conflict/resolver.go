@@ -112,7 +112,7 @@ const (
 	reasonKeptUpdate  = "the local row is kept whatever the versions (local %1$s, remote update %2$s)"
 	reasonUpdate      = "the remote update is applied whatever the versions (local %1$s, remote update %2$s)"
 	reasonErrorUpdate = "local %1$s, remote update %2$s"
-	reasonDeleteWins  = "delete wins over a concurrent update (local %1$s, remote delete %2$s)"
+	reasonDeleteOlder = "local %1$s is newer than or ties with remote delete %2$s"
 	reasonKeptDelete  = "the local row is kept whatever the versions (local %1$s, remote delete %2$s)"
 	reasonDelete      = "the remote delete is applied whatever the versions (local %1$s, remote delete %2$s)"
 	reasonErrorDelete = "local %1$s, remote delete %2$s"
@@ -166,10 +166,8 @@ func changed(t Type, r Resolver, local, remote Version) Decision {
 		d.Resolution, d.ApplyRemote, tmpl = RemoteApplied, true, pick(update, reasonUpdate, reasonDelete)
 	case r == ResolverError:
 		d.Error, tmpl = true, pick(update, reasonErrorUpdate, reasonErrorDelete)
-	case update:
-		d.Resolution, tmpl = KeepLocal, reasonNotNewer
 	default:
-		d.Resolution, d.ApplyRemote, tmpl = DeleteWins, true, reasonDeleteWins
+		d.Resolution, tmpl = KeepLocal, pick(update, reasonNotNewer, reasonDeleteOlder)
 	}
 	d.Reason = reason(tmpl, local, remote)
 	return d
@@ -327,23 +325,15 @@ func changedSQL(in Inputs, t Type) (cleanExpr, apply, resolution, reason string)
 	cleanExpr = fmt.Sprintf("(%s OR %s)", in.Same,
 		pickSQL(in, t, RemoteWinsSQL(in), map[Resolver]string{ResolverKeepLocal: unknown}))
 	applyCases := map[Resolver]string{ResolverKeepLocal: unknown, ResolverApplyRemote: "true"}
-	applyDefault := RemoteWinsSQL(in) // an update applies what is no conflict, as error does
-	if !update {
-		applyDefault = "true" // delete wins
-		applyCases[ResolverError] = RemoteWinsSQL(in)
-	}
-	apply = fmt.Sprintf("(%s AND (%s OR %s))", in.Found, in.Same, pickSQL(in, t, applyDefault, applyCases))
-	luwReason := fmt.Sprintf("CASE WHEN %s THEN %s ELSE %s END", RemoteWinsSQL(in), quote(reasonNewer), quote(reasonNotNewer))
-	if !update {
-		luwReason = quote(reasonDeleteWins)
-	}
+	// The change applies what is no conflict, as under error.
+	apply = fmt.Sprintf("(%s AND (%s OR %s))", in.Found, in.Same, pickSQL(in, t, RemoteWinsSQL(in), applyCases))
+	luwReason := fmt.Sprintf("CASE WHEN %s THEN %s ELSE %s END", RemoteWinsSQL(in), quote(reasonNewer), quote(pick(update, reasonNotNewer, reasonDeleteOlder)))
 	reason = reasonSQL(in, pickSQL(in, t, luwReason, map[Resolver]string{
 		ResolverKeepLocal:   quote(pick(update, reasonKeptUpdate, reasonKeptDelete)),
 		ResolverApplyRemote: quote(pick(update, reasonUpdate, reasonDelete)),
 		ResolverError:       quote(pick(update, reasonErrorUpdate, reasonErrorDelete)),
 	}))
-	resDefault := pick(update, string(KeepLocal), string(DeleteWins))
-	resolution = pickSQL(in, t, quote(resDefault), map[Resolver]string{
+	resolution = pickSQL(in, t, quote(string(KeepLocal)), map[Resolver]string{
 		ResolverKeepLocal:   quote(string(LocalKept)),
 		ResolverApplyRemote: quote(string(RemoteApplied)),
 		ResolverError:       errorSQL(t, reasonSQL(in, quote(pick(update, reasonErrorUpdate, reasonErrorDelete)))),

@@ -227,7 +227,9 @@ func dropOrigin(ctx context.Context, db catalog.DB, name string) error {
 // dumpSection returns the SQL of one section of the via node's schema
 // (pre-data or post-data; everything but schema bdr and publications) as of
 // the snapshot. pg_dump's \restrict lines, psql commands, are left out: the
-// SQL runs on a connection of ours.
+// SQL runs on a connection of ours. So are bdr's own event triggers (pg_dump
+// dumps every event trigger whatever the schema of its function): the
+// local database has them already.
 func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_dump"), "--section="+section, "--no-publications",
 		"--no-subscriptions", "--exclude-schema="+catalog.Schema, "--snapshot="+snapshot, "--dbname="+viaDSN)
@@ -237,9 +239,8 @@ func dumpSection(ctx context.Context, binDir, viaDSN, snapshot, section string) 
 	if err != nil {
 		return "", fmt.Errorf("copy schema: pg_dump: %v: %s", err, lastLine(stderr.String()))
 	}
-	lines := strings.SplitAfter(string(out), "\n")
 	var b strings.Builder
-	for _, l := range lines {
+	for _, l := range strings.SplitAfter(catalog.FilterDump(string(out), true), "\n") {
 		if strings.HasPrefix(l, `\restrict `) || strings.HasPrefix(l, `\unrestrict `) {
 			continue
 		}

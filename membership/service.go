@@ -22,6 +22,7 @@ import (
 	"github.com/bdr-dev/bdr/internal/adminapi"
 	"github.com/bdr-dev/bdr/internal/catalog"
 	"github.com/bdr-dev/bdr/internal/groupkey"
+	"github.com/bdr-dev/bdr/internal/pgerr"
 	"github.com/bdr-dev/bdr/internal/state"
 	"github.com/bdr-dev/bdr/replsets"
 )
@@ -209,7 +210,7 @@ func New(cfg Config, pool *pgxpool.Pool, store *state.Store, streams Streams) (*
 // catalog and the streams with the group's decisions, follows liveness and
 // the WAL budget, and carries out joins handed to it, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	if err := s.resume(ctx); err != nil {
+	if err := s.resumeRetrying(ctx); err != nil {
 		return err
 	}
 	defer s.stopGroup()
@@ -247,6 +248,26 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	})
 	return g.Wait()
+}
+
+// resumeRetrying is resume, again after a failure that may pass (the
+// database restarting or going away while bdrd starts), so that bdrd
+// waits for its database instead of exiting.
+func (s *Service) resumeRetrying(ctx context.Context) error {
+	wait := 250 * time.Millisecond
+	for {
+		err := s.resume(ctx)
+		if err == nil || ctx.Err() != nil || pgerr.Classify(err) != pgerr.Retryable {
+			return err
+		}
+		s.log.Warn("starting: the database is unavailable; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // resume starts consensus and gossip again after a restart of a member.

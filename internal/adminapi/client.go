@@ -262,6 +262,12 @@ func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/internal/leave", struct{}{}, nil)
 }
 
+// notDone is the error of a join still under way when ctx ended: the
+// wait's end, not the node, is the cause.
+func notDone(ctx context.Context, jp JoinProgress) error {
+	return fmt.Errorf("join not done when the wait ended (%w): still %s: %s", ctx.Err(), jp.Phase, jp.Message)
+}
+
 // JoinAndWait starts the join r of the node and follows it until it ends,
 // calling progress (when not nil) with every report it polls. It returns
 // the join's failure, if any.
@@ -276,10 +282,13 @@ func (c *Client) JoinAndWait(ctx context.Context, r JoinRequest, poll time.Durat
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return notDone(ctx, jp)
 		case <-time.After(poll):
 		}
-		jp, err = c.JoinProgress(ctx)
+		last := jp
+		if jp, err = c.JoinProgress(ctx); err != nil && ctx.Err() != nil {
+			return notDone(ctx, last)
+		}
 	}
 	if err != nil {
 		return err

@@ -522,6 +522,10 @@ $$;
 `,
 	// 7: per-table conflict resolvers (resolvers.go).
 	migrationResolvers,
+	// 8: tombstones of deleted rows (tombstones.go).
+	migrationTombstones,
+	// 9: the versions of rows deleted by unique collisions (tombstones.go).
+	migrationCollisionVersions,
 }
 
 // Version is the schema version this build installs.

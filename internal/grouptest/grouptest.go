@@ -69,6 +69,8 @@ type Options struct {
 	ErrorRetry time.Duration
 	// ApplyLockTimeout bounds an apply statement's wait for a local lock; 0 is bdrd's default.
 	ApplyLockTimeout time.Duration
+	// TombstoneEvery is bdrd's --tombstone-collect-every (0: bdrd's default).
+	TombstoneEvery time.Duration
 	// Token is the operator's admin token. Empty uses SharedToken: nodes
 	// that join each other need the same one (a join passes the operator's
 	// token on to the member it goes through).
@@ -224,7 +226,7 @@ func (n *Node) checkSecrets(password, key string) {
 // Config is the bdrd configuration of the node.
 func (n *Node) Config() daemon.Config {
 	cfg := daemon.Config{NodeName: n.Name, DSN: n.DSN, AdminListen: n.Admin, DataDir: n.DataDir, LogLevel: "info",
-		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, ApplyLockTimeout: n.Options.ApplyLockTimeout,
+		Binary: n.Options.BinaryValues, ErrorRetry: n.Options.ErrorRetry, ApplyLockTimeout: n.Options.ApplyLockTimeout, TombstoneEvery: n.Options.TombstoneEvery,
 		AdminTokenFile: n.TokenFile, GossipListen: n.Gossip, RaftListen: n.Raft, MaxPeerWAL: daemon.ByteSize(n.Options.MaxPeerWAL),
 		OnWALBudget: n.Options.OnWALBudget, MaxClockSkew: n.Options.MaxClockSkew, Clock: n.Options.Clock}
 	if n.Options.Net != nil {
@@ -242,6 +244,9 @@ func (n *Node) Args() []string {
 	}
 	if n.Options.ErrorRetry != 0 {
 		args = append(args, "--error-retry", n.Options.ErrorRetry.String())
+	}
+	if n.Options.TombstoneEvery != 0 {
+		args = append(args, "--tombstone-collect-every", n.Options.TombstoneEvery.String())
 	}
 	if n.Options.ApplyLockTimeout != 0 {
 		args = append(args, "--apply-lock-timeout", n.Options.ApplyLockTimeout.String())

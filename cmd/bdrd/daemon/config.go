@@ -44,6 +44,9 @@ type Config struct {
 	// ApplyLockTimeout bounds how long an apply statement waits for a
 	// local lock before its transaction is retried.
 	ApplyLockTimeout time.Duration
+	// TombstoneEvery is how often the tombstones every peer has gone past
+	// are removed.
+	TombstoneEvery time.Duration
 
 	GossipListen    string // gossip (TCP and UDP)
 	GossipAdvertise string
@@ -103,6 +106,7 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&cfg.ErrorRetry, "error-retry", apply.DefaultErrorRetry, "how long a stream in the error state waits before trying again")
 	fs.DurationVar(&cfg.ApplyLockTimeout, "apply-lock-timeout", apply.DefaultLockTimeout, "how long applying a remote change waits for a lock held by a local session before it retries")
+	fs.DurationVar(&cfg.TombstoneEvery, "tombstone-collect-every", apply.DefaultTombstoneEvery, "how often the tombstones of deleted rows that every peer has gone past are removed")
 	fs.BoolVar(&cfg.Binary, "binary", false, "ask peers for column values in binary form (every replicated type needs binary I/O and must be the same type on all nodes)")
 	fs.StringVar(&cfg.GossipListen, "gossip-listen", DefaultGossipListen, "`address` (TCP and UDP) of the encrypted gossip between members")
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip `address` other members use (default: --gossip-listen, or this host's address when that is 0.0.0.0)")
@@ -154,7 +158,8 @@ func (c *Config) loadFile(path string, set map[string]bool) error {
 		"raft_advertise": &fromFile.RaftAdvertise, "on_wal_budget": &fromFile.OnWALBudget,
 	}
 	bools := map[string]*bool{"binary": &c.Binary, "admin_insecure_loopback": &c.AdminInsecureLoopback}
-	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout, "max_clock_skew": &c.MaxClockSkew}
+	durations := map[string]*time.Duration{"error_retry": &c.ErrorRetry, "apply_lock_timeout": &c.ApplyLockTimeout, "max_clock_skew": &c.MaxClockSkew,
+		"tombstone_collect_every": &c.TombstoneEvery}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
 		keys = append(keys, k)
@@ -279,6 +284,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ErrorRetry < time.Second {
 		return fmt.Errorf("--error-retry %s is invalid: at least 1s", c.ErrorRetry)
+	}
+	if c.TombstoneEvery == 0 {
+		c.TombstoneEvery = apply.DefaultTombstoneEvery
+	}
+	if c.TombstoneEvery < 100*time.Millisecond {
+		return fmt.Errorf("--tombstone-collect-every %s is invalid: at least 100ms", c.TombstoneEvery)
 	}
 	if c.ApplyLockTimeout == 0 {
 		c.ApplyLockTimeout = apply.DefaultLockTimeout

@@ -43,7 +43,7 @@ copy_workers: 2
 		AdminListen: "127.0.0.1:7999", DataDir: "/var/lib/bdrd", LogLevel: "debug", ErrorRetry: time.Minute,
 		AdminInsecureLoopback: true, GossipListen: DefaultGossipListen, GossipKeyFile: "/var/lib/bdrd/group.key",
 		RaftListen: "127.0.0.1:7947", MaxPeerWAL: 512 << 20, OnWALBudget: "alert", MaxClockSkew: 250 * time.Millisecond,
-		ApplyLockTimeout: 5 * time.Second, CopyWorkers: 2}
+		ApplyLockTimeout: 5 * time.Second, TombstoneEvery: 30 * time.Second, CopyWorkers: 2}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("ParseArgs =\n%+v\nwant (the flag wins over the file, public dsn defaults to dsn)\n%+v", cfg, want)
 	}

@@ -108,13 +108,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	wrapped := prometheus.WrapRegistererWith(prometheus.Labels{"node": cfg.NodeName}, reg)
 	wrapped.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mgr, err := apply.New(apply.Config{
-		Local:       apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
-		DataDir:     cfg.DataDir,
-		Binary:      cfg.Binary,
-		ErrorRetry:  cfg.ErrorRetry,
-		LockTimeout: cfg.ApplyLockTimeout,
-		Logger:      log,
-		Registry:    wrapped,
+		Local:          apply.Local{Name: cfg.NodeName, DSN: cfg.DSN},
+		DataDir:        cfg.DataDir,
+		Binary:         cfg.Binary,
+		ErrorRetry:     cfg.ErrorRetry,
+		LockTimeout:    cfg.ApplyLockTimeout,
+		TombstoneEvery: cfg.TombstoneEvery,
+		Logger:         log,
+		Registry:       wrapped,
 		WriteStatus: func(ctx context.Context, s []catalog.StreamStatus) error {
 			return catalog.WriteStreamStatus(ctx, pool, s)
 		},
