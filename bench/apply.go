@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -269,19 +270,42 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// errPortTaken is bdrd exiting at start because one of the addresses it
+// was to listen on was taken between freePort and its bind: the caller
+// tries again with new ones.
+var errPortTaken = errors.New("one of its addresses was taken")
+
 // startBdrd starts bdrd with its admin API on loopback without a token
 // (the benchmark is alone on this host) and its own gossip and consensus
 // ports.
 func startBdrd(ctx context.Context, bin, name, dsn, dataDir string) (*bdrdProc, error) {
+	for attempt := 1; ; attempt++ {
+		addrs, err := freePorts()
+		if err != nil {
+			return nil, err
+		}
+		b, err := startBdrdAt(ctx, bin, name, dsn, dataDir, addrs)
+		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
+			return b, err
+		}
+	}
+}
+
+// portAttempts is how many times a bdrd is started with new addresses
+// when one was taken.
+const portAttempts = 5
+
+// freePorts returns three free loopback addresses (admin, gossip, raft).
+func freePorts() ([3]string, error) {
 	var addrs [3]string
 	for i := range addrs {
 		a, err := freePort()
 		if err != nil {
-			return nil, err
+			return addrs, err
 		}
 		addrs[i] = a
 	}
-	return startBdrdAt(ctx, bin, name, dsn, dataDir, addrs)
+	return addrs, nil
 }
 
 // startBdrdAt starts bdrd with its admin API, gossip and consensus on the
@@ -313,6 +337,9 @@ func startBdrdAt(ctx context.Context, bin, name, dsn, dataDir string, addrs [3]s
 		}
 		select {
 		case <-b.done:
+			if log, _ := os.ReadFile(dataDir + ".log"); bytes.Contains(log, []byte("address already in use")) {
+				return nil, fmt.Errorf("bdrd %s exited at start: %w; see %s.log", name, errPortTaken, dataDir)
+			}
 			return nil, fmt.Errorf("bdrd %s exited at start; see %s.log", name, dataDir)
 		case <-ctx.Done():
 			b.stop()

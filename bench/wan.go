@@ -481,35 +481,46 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 // PostgreSQL, admin API, gossip and consensus, whose addresses it
 // advertises: the other sites reach it only through them.
 func (r *wanRun) startSiteBdrd(ctx context.Context, w *wan, s *site) error {
-	var listen [3]string
-	for i := range listen {
-		a, err := freePort()
-		if err != nil {
-			return err
-		}
-		listen[i] = a
-	}
 	pg, err := w.add(s.n, "postgres", fmt.Sprintf("%s:%d", s.server.Host(), s.server.Port()), false)
 	if err != nil {
 		return err
 	}
-	if s.admin, err = w.add(s.n, "admin", listen[0], false); err != nil {
-		return err
+	for attempt := 1; ; attempt++ {
+		err = r.startSiteBdrdOnce(ctx, w, s, pg)
+		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
+			break
+		}
 	}
-	gossip, err := w.add(s.n, "gossip", listen[1], true)
-	if err != nil {
-		return err
-	}
-	raft, err := w.add(s.n, "raft", listen[2], false)
-	if err != nil {
-		return err
-	}
-	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen,
-		"--public-dsn", proxyDSN(pg, "bench"), "--admin-advertise", s.admin,
-		"--gossip-advertise", gossip, "--raft-advertise", raft)
 	if err == nil && r.cg != nil {
 		err = r.cg.place(s.n, s.bdrd.cmd.Process.Pid)
 	}
+	return err
+}
+
+// startSiteBdrdOnce starts the site's bdrd on free addresses, with proxies
+// to them; when bdrd finds one taken (errPortTaken), the proxies go too.
+func (r *wanRun) startSiteBdrdOnce(ctx context.Context, w *wan, s *site, pg string) error {
+	listen, err := freePorts()
+	if err != nil {
+		return err
+	}
+	var proxies []string
+	defer func() {
+		if err != nil {
+			w.drop(proxies...)
+		}
+	}()
+	for i, svc := range []string{"admin", "gossip", "raft"} {
+		var a string
+		if a, err = w.add(s.n, svc, listen[i], svc == "gossip"); err != nil {
+			return err
+		}
+		proxies = append(proxies, a)
+	}
+	s.admin = proxies[0]
+	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen,
+		"--public-dsn", proxyDSN(pg, "bench"), "--admin-advertise", s.admin,
+		"--gossip-advertise", proxies[1], "--raft-advertise", proxies[2])
 	return err
 }
 

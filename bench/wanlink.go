@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -197,6 +198,24 @@ func (w *wan) links() []LinkBytes {
 		out = append(out, lb)
 	}
 	return out
+}
+
+// drop stops and forgets the proxies listening on addrs.
+func (w *wan) drop(addrs ...string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	kept := w.proxies[:0]
+	for _, p := range w.proxies {
+		if !slices.Contains(addrs, p.p.Listen) {
+			kept = append(kept, p)
+			continue
+		}
+		p.p.Stop()
+		if p.udp != nil {
+			p.udp.close()
+		}
+	}
+	w.proxies = kept
 }
 
 // close stops every proxy and relay, closing their connections.
