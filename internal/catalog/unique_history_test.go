@@ -55,7 +55,7 @@ func TestUniqueHistory(t *testing.T) {
 	}
 
 	exec(`INSERT INTO before VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3)`)
-	exec(`UPDATE before SET v = 10 WHERE id = 1`)     // not a unique column: no entry
+	exec(`UPDATE before SET v = 10 WHERE id = 1`)      // not a unique column: no entry
 	exec(`UPDATE before SET name = 'bb' WHERE id = 2`) // old row (2, 'b', 2)
 	exec(`SET session_replication_role = replica`)
 	exec(`DELETE FROM before WHERE id = 3`) // old row (3, 'c', 3)
