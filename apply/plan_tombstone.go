@@ -113,16 +113,38 @@ func (p *plan) ghostCond(cols []int, param func(col int) int) string {
 	return "(" + strings.Join(conds, " AND ") + ")"
 }
 
-// ghosts selects, as g, the deleted rows of other keys than the
-// parameters other that collide with the new values (conds, ghostCond's,
-// OR'ed), each with its version (lts, lnode): rows a remote change older
-// than them would have lost to had it arrived before their delete.
+// ghosts selects, as g, the row versions of other keys than the
+// parameters other, no longer in the table, that collide with the new
+// values (conds, ghostCond's, OR'ed), each with its version (lts, lnode):
+// versions a remote change older than them would have lost to had it
+// arrived while they were there. They are the deleted rows the tombstones
+// keep and the versions in bdr.unique_history (catalog migration 10): old
+// rows of deletes and of changes of unique columns, and the remote
+// versions unique statements checked, applied or not. This transaction's
+// entries are left out: they are its own version or older ones.
 func (p *plan) ghosts(conds []string, other []int) string {
+	cond := strings.Join(conds, " OR ")
 	return fmt.Sprintf(`SELECT x.row, coalesce(x.row_time, xc.timestamp) AS lts,
-		%s AS lnode
+		%[1]s AS lnode
 	FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) xc ON true
-	WHERE x.relid = %s AND x.deleted AND x.row IS NOT NULL AND x.key <> %s AND (%s)`,
-		nodeOf("coalesce(x.row_origin, xc.roident)"), p.relid(), p.tombstoneKey(other), strings.Join(conds, " OR "))
+	WHERE x.relid = %[2]s AND x.deleted AND x.row IS NOT NULL AND x.key <> %[3]s AND (%[4]s)
+	UNION ALL
+	SELECT x.row, x.row_time, %[5]s
+	FROM bdr.unique_history x
+	WHERE x.relid = %[2]s AND x.row_time IS NOT NULL AND NOT %[6]s AND x.key <> %[3]s AND (%[4]s)`,
+		nodeOf("coalesce(x.row_origin, xc.roident)"), p.relid(), p.tombstoneKey(other), cond,
+		nodeOf("x.row_origin"), mine("x.xmin"))
+}
+
+// keepVersion is the CTE uh of a unique statement: it keeps the remote
+// version it checks, tuple (jsonb) under the key params, in
+// bdr.unique_history, applied or not: a version older than it that arrives
+// later loses to it, as it does where it arrives first.
+func (p *plan) keepVersion(params []int, tuple string) string {
+	return fmt.Sprintf(`uh AS (
+	INSERT INTO bdr.unique_history (relid, key, row, row_time, row_origin)
+	VALUES (%s, %s, %s, %s, %s)
+)`, p.relid(), p.tombstoneKey(params), tuple, remoteTS, setting(setOrigin, "oid"))
 }
 
 // noGhost is true when no deleted row collides with the new values on the

@@ -293,6 +293,7 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	}
 	targetGone += ", " + p.leaveTombstone(targetKey,
 		fmt.Sprintf("(EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s)", ghostLost), row)
+	targetGone += ", " + p.keepVersion(targetKey, tuple)
 
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,

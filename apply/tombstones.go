@@ -85,5 +85,17 @@ func (m *Manager) collectTombstones(ctx context.Context) error {
 	if n := tag.RowsAffected(); n > 0 {
 		m.log.Debug("removed tombstones", "count", n, "before", before)
 	}
+	// The versions unique collisions are compared with (catalog migration
+	// 10) go by the same horizon: a version older than one of them that
+	// has not arrived yet would come from before it.
+	tag, err = conn.Exec(ctx, `DELETE FROM bdr.unique_history h
+		WHERE coalesce(h.row_time, '-infinity') < least($1::timestamptz,
+			(SELECT pg_catalog.min(e.remote_commit_time) FROM bdr.apply_errors e WHERE e.state = 'parked'))`, before)
+	if err != nil {
+		return fmt.Errorf("remove unique history before %s: %w", before.UTC().Format(time.RFC3339), err)
+	}
+	if n := tag.RowsAffected(); n > 0 {
+		m.log.Debug("removed unique history", "count", n, "before", before)
+	}
 	return nil
 }

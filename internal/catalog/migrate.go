@@ -526,6 +526,8 @@ $$;
 	migrationTombstones,
 	// 9: the versions of rows deleted by unique collisions (tombstones.go).
 	migrationCollisionVersions,
+	// 10: the values rows had in unique indexes (unique_history.go).
+	migrationUniqueHistory,
 }
 
 // Version is the schema version this build installs.
