@@ -97,25 +97,28 @@ func TestChangeOvertakesInsert(t *testing.T) {
 	}
 }
 
-// TestTombstoneCollection: deletes leave tombstones on every node; they go
+// TestTombstoneCollection: deletes leave tombstones (and, the table having
+// a unique column, unique history entries) on every node; they go
 // once every stream of the node has gone past them (here: a later write
 // of each node, more than the margin after the delete). That they stay
 // while a stream is down is TestTombstoneHorizon's.
 func TestTombstoneCollection(t *testing.T) {
 	t.Parallel()
 	nodes := grouptest.Group(t, shared(t)[:2], "tombgc", grouptest.Options{TombstoneEvery: 300 * time.Millisecond}, func(first *grouptest.Node) {
-		first.Exec(`CREATE TABLE kv (k int PRIMARY KEY, v text)`)
-		first.Exec(`INSERT INTO kv SELECT g, 'start' FROM generate_series(1, 10) g`)
+		first.Exec(`CREATE TABLE kv (k int PRIMARY KEY, v text UNIQUE)`)
+		first.Exec(`INSERT INTO kv SELECT g, 'start' || g FROM generate_series(1, 10) g`)
 	})
 	a, b := nodes[0], nodes[1]
 	count := func(n *grouptest.Node) int64 {
-		return n.QueryInt(`SELECT count(*) FROM bdr.tombstones WHERE relid = 'kv'::regclass`)
+		return n.QueryInt(`SELECT count(*) FROM bdr.tombstones WHERE relid = 'kv'::regclass`) +
+			n.QueryInt(`SELECT count(*) FROM bdr.unique_history WHERE relid = 'kv'::regclass`)
 	}
 	a.Exec(`DELETE FROM kv WHERE k <= 3`)
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	for _, n := range nodes {
-		if got := count(n); got != 3 {
-			t.Fatalf("%s: %d tombstones after deleting 3 rows, want 3", n.Name, got)
+		// A tombstone and a unique history entry (the deleted row) each.
+		if got := count(n); got != 6 {
+			t.Fatalf("%s: %d tombstones and unique history entries after deleting 3 rows, want 6", n.Name, got)
 		}
 	}
 	// Past the margin, each node writes once: every stream goes past the

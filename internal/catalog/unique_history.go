@@ -24,8 +24,11 @@ package catalog
 // removes the entries every peer has gone past, with the tombstones.
 // Tables without such an index get no trigger. The trigger's arguments are
 // the number of key columns, the key columns, then the unique columns.
+// The id is its replica identity: the publication of all tables takes it
+// in, and bdrd's collection deletes from it.
 const migrationUniqueHistory = `
 CREATE TABLE bdr.unique_history (
+	id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	relid      oid NOT NULL,
 	key        jsonb NOT NULL,
 	row        jsonb NOT NULL,
