@@ -34,8 +34,8 @@ func (s *Service) Admit(ctx context.Context, r adminapi.AdmitRequest) (adminapi.
 	if err := checkDSN(ctx, r.PublicDSN); err != nil {
 		return adminapi.AdmitResponse{}, adminapi.BadRequest("cannot reach the joining node's database through its public dsn: %s", RedactDSN(err.Error()))
 	}
-	n, err := s.proposeWithin(ctx, command{Op: opAdmit, Node: groupNode{Name: r.Name, PublicDSN: r.PublicDSN,
-		AdminAddr: r.AdminAddr, GossipAddr: r.GossipAddr, RaftAddr: r.RaftAddr}}, admitWait)
+	n, err := s.propose(ctx, command{Op: opAdmit, Node: groupNode{Name: r.Name, PublicDSN: r.PublicDSN,
+		AdminAddr: r.AdminAddr, GossipAddr: r.GossipAddr, RaftAddr: r.RaftAddr}})
 	if err != nil {
 		return adminapi.AdmitResponse{}, err
 	}

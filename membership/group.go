@@ -20,12 +20,6 @@ import (
 // enough that a minority answers an operator promptly.
 const electionWait = 4 * time.Second
 
-// admitWait is how long an admission waits for a leader: a join is not
-// answered at once anyway, and a loaded group can take more than
-// electionWait to elect one (CI saw a join refused with "no quorum" while
-// 4 of 5 members were up).
-const admitWait = 30 * time.Second
-
 // propose commits a group decision through consensus: applied here when
 // this node leads, forwarded to the leader otherwise. Without a leader (a
 // minority side of a partition, or no group) it fails with a clear reason
