@@ -90,6 +90,10 @@ type liveness struct {
 	Since time.Time
 	Meta  memberMeta
 	Clock *clockSkew // nil until a probe answered with its clock
+	// neverSeen: down because gossip has not met it since this bdrd
+	// started (a member that just joined, or one down since before),
+	// not because it went silent.
+	neverSeen bool
 }
 
 // gossipConfig configures the gossip of one bdrd.
@@ -137,6 +141,7 @@ type gossip struct {
 	alive    map[string]memberMeta // members memberlist has alive
 	addrs    map[string]string     // their gossip addresses
 	lastAck  map[string]time.Time  // last answered probe or heartbeat
+	met      map[string]bool       // members memberlist has had alive since the start
 	inFlight map[string]bool       // heartbeats waiting for an answer
 	known    map[string]liveness   // what states reported last, by member name
 	skews    map[string]*skewEstimator
@@ -167,7 +172,7 @@ func startGossip(cfg gossipConfig) (*gossip, error) {
 		cfg.MaxSkew = DefaultMaxClockSkew
 	}
 	g := &gossip{cfg: cfg, start: time.Now(), known: map[string]liveness{}, skews: map[string]*skewEstimator{},
-		alive: map[string]memberMeta{}, addrs: map[string]string{}, lastAck: map[string]time.Time{},
+		alive: map[string]memberMeta{}, addrs: map[string]string{}, lastAck: map[string]time.Time{}, met: map[string]bool{},
 		inFlight: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -311,12 +316,12 @@ func (g *gossip) states(expect []string) map[string]liveness {
 	}
 	for _, name := range expect {
 		if _, ok := seen[name]; !ok {
-			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta}
+			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta, neverSeen: !g.met[name]}
 		}
 	}
 	for name := range g.known {
 		if _, ok := seen[name]; !ok {
-			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta}
+			seen[name] = liveness{State: LiveDown, Meta: g.known[name].Meta, neverSeen: !g.met[name]}
 		}
 	}
 	out := make(map[string]liveness, len(seen))
@@ -364,6 +369,7 @@ func (d *eventDelegate) record(n *memberlist.Node, alive bool) {
 			d.g.lastAck[n.Name] = time.Now()
 		}
 		d.g.alive[n.Name] = meta
+		d.g.met[n.Name] = true
 		d.g.addrs[n.Name] = n.Address()
 	}
 }

@@ -20,15 +20,25 @@ import (
 // enough that a minority answers an operator promptly.
 const electionWait = 4 * time.Second
 
+// majorityWait is how long a decision waits for a leader while this node
+// sees a majority of the members up (or not yet met by gossip: a member
+// that just joined): an election there will end, but under load it can
+// outlast electionWait (CI saw a join refused with 4 of 5 members up, and
+// one with the second member of two not met yet). A node that sees only a
+// minority still answers after electionWait.
+const majorityWait = 30 * time.Second
+
 // propose commits a group decision through consensus: applied here when
 // this node leads, forwarded to the leader otherwise. Without a leader (a
 // minority side of a partition, or no group) it fails with a clear reason
-// after waiting electionWait for one.
+// after waiting electionWait for one, or majorityWait while a majority of
+// the members is seen up.
 func (s *Service) propose(ctx context.Context, cmd command) (groupNode, error) {
 	return s.proposeWithin(ctx, cmd, electionWait)
 }
 
-// proposeWithin is propose waiting up to wait for a reachable leader.
+// proposeWithin is propose waiting up to wait for a reachable leader, and
+// up to majorityWait while this node sees a majority of the members up.
 func (s *Service) proposeWithin(ctx context.Context, cmd command, wait time.Duration) (groupNode, error) {
 	if cmd.At.IsZero() {
 		cmd.At = time.Now()
@@ -36,10 +46,11 @@ func (s *Service) proposeWithin(ctx context.Context, cmd command, wait time.Dura
 	if cmd.Request == "" {
 		cmd.Request = rand.Text()
 	}
-	deadline := time.Now().Add(wait)
+	start := time.Now()
 	for {
 		n, retry, err := s.proposeOnce(ctx, cmd)
-		if !retry || time.Now().After(deadline) {
+		waited := time.Since(start)
+		if !retry || waited > wait && (waited > majorityWait || !s.seesMajority()) {
 			return n, err
 		}
 		select {
@@ -92,18 +103,34 @@ func apiToGroup(n adminapi.Node) groupNode {
 		GossipAddr: n.GossipAddr, RaftAddr: n.RaftAddr, Since: n.Since, Reason: n.Reason}
 }
 
+// seesMajority says whether more than half of the members may be up: seen
+// up, or not met by gossip yet (a member that just joined is down until
+// gossip meets it; one that went silent is down for sure).
+func (s *Service) seesMajority() bool {
+	up, unmet, total := s.liveCount()
+	return 2*(up+unmet) > total
+}
+
+// liveCount is how many members are seen up, and not met yet, of how many.
+func (s *Service) liveCount() (up, unmet, total int) {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	for _, l := range s.lives {
+		total++
+		switch {
+		case l.State == LiveUp || l.State == LiveDBDown:
+			up++
+		case l.neverSeen:
+			unmet++
+		}
+	}
+	return up, unmet, total
+}
+
 // noQuorum explains why a decision cannot be taken here; why, when set,
 // is what failed.
 func (s *Service) noQuorum(why string) error {
-	up, total := 0, 0
-	s.gmu.Lock()
-	for _, l := range s.lives {
-		total++
-		if l.State == LiveUp || l.State == LiveDBDown {
-			up++
-		}
-	}
-	s.gmu.Unlock()
+	up, _, total := s.liveCount()
 	if why != "" {
 		why = "; " + why
 	}

@@ -97,7 +97,7 @@ func (s *Service) Join(ctx context.Context, r adminapi.JoinRequest) (adminapi.Jo
 		}
 		replace = true
 	}
-	admit, err := viaClient.Admit(ctx, adminapi.AdmitRequest{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN,
+	admit, err := viaClient.WithTimeout(admitTimeout).Admit(ctx, adminapi.AdmitRequest{Name: s.cfg.NodeName, PublicDSN: s.cfg.PublicDSN,
 		AdminAddr: s.cfg.AdminAddr, GossipAddr: s.gossipAddr(), RaftAddr: s.raftAddr()})
 	if err != nil {
 		return adminapi.JoinProgress{}, err

@@ -34,6 +34,7 @@ var NamePattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,30}$`)
 // Timeouts and periods.
 const (
 	peerTimeout   = 10 * time.Second
+	admitTimeout  = majorityWait + peerTimeout // the via node may wait majorityWait for a leader
 	pauseLease    = time.Minute
 	dropAttempts  = 20
 	livenessEvery = 500 * time.Millisecond
