@@ -269,9 +269,8 @@ func (m *Manager) Resume() {
 		m.pauseT.Stop()
 		m.pauseT = nil
 	}
-	gen := m.pause.gen
 	m.mu.Unlock()
-	m.pause.resume(gen)
+	m.pause.resume(m.pause.generation())
 }
 
 // WaitProcessed waits until the stream from peer has processed (applied or

@@ -82,6 +82,13 @@ func (p *pauser) resume(gen uint64) {
 	}
 }
 
+// generation is the generation of the latest pause.
+func (p *pauser) generation() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gen
+}
+
 func (p *pauser) isPaused() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
