@@ -16,12 +16,7 @@ func TestTombstoneTriggers(t *testing.T) {
 	ctx := context.Background()
 	_, dsn := pgtest.NewDB(t, pgtest.Shared(t, 0))
 	conn := pgtest.Conn(t, dsn)
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	exec := execFunc(t, conn)
 	exec(`CREATE TABLE before (id int PRIMARY KEY, v text)`)
 	if err := Migrate(ctx, conn); err != nil {
 		t.Fatal(err)
