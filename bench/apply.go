@@ -284,7 +284,7 @@ func startBdrd(ctx context.Context, bin, name, dsn, dataDir string) (*bdrdProc, 
 		if err != nil {
 			return nil, err
 		}
-		b, err := startBdrdAt(ctx, bin, name, dsn, dataDir, addrs)
+		b, err := startBdrdAt(ctx, bin, name, dsn, dataDir, addrs, nil)
 		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
 			return b, err
 		}
@@ -309,8 +309,9 @@ func freePorts() ([3]string, error) {
 }
 
 // startBdrdAt starts bdrd with its admin API, gossip and consensus on the
-// given addresses, in that order, and extra flags.
-func startBdrdAt(ctx context.Context, bin, name, dsn, dataDir string, addrs [3]string, extra ...string) (*bdrdProc, error) {
+// given addresses, in that order, extra environment variables and extra
+// flags.
+func startBdrdAt(ctx context.Context, bin, name, dsn, dataDir string, addrs [3]string, env []string, extra ...string) (*bdrdProc, error) {
 	admin := addrs[0]
 	logf, err := os.Create(dataDir + ".log")
 	if err != nil {
@@ -320,6 +321,9 @@ func startBdrdAt(ctx context.Context, bin, name, dsn, dataDir string, addrs [3]s
 		"--gossip-listen", addrs[1], "--raft-listen", addrs[2], "--data-dir", dataDir}
 	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()

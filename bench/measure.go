@@ -30,6 +30,19 @@ type measurement struct {
 	wan    *wan     // whose links are counted; nil for none
 	bdr    []hbNode // nodes whose conflicts are counted; nil for none
 	cpu    []cpuSite
+	// window, when set, is how long pgbench runs (else the measurer's
+	// duration), and round names the window in progress lines ("round
+	// 2/6").
+	window time.Duration
+	round  string
+}
+
+// name is the measurement in progress lines.
+func (m measurement) name() string {
+	if m.round == "" {
+		return m.mode
+	}
+	return m.mode + " (" + m.round + ")"
 }
 
 // measurer runs one measurement; shared by the WAN benchmark and the one
@@ -58,6 +71,9 @@ func (r *wanRun) measure(ctx context.Context, m measurement) (ModeResult, error)
 	}
 	mr := measurer{pgbench: r.pgbench, dir: r.dir, clients: r.cfg.Clients, rate: r.cfg.Rate, duration: r.cfg.Duration,
 		every: r.cfg.ProgressEvery, progress: r.cfg.Progress, cg: r.cg}
+	if m.window > 0 {
+		mr.duration = m.window
+	}
 	return mr.measure(ctx, m)
 }
 
@@ -109,7 +125,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 	if m.wan != nil {
 		linksBefore = m.wan.links()
 	}
-	mr.say("%s: pgbench %d clients for %s: %s", m.mode, mr.clients, mr.duration, m.who)
+	mr.say("%s: pgbench %d clients for %s: %s", m.name(), mr.clients, mr.duration, m.who)
 	start := time.Now()
 	hb := newHeartbeat(start)
 	loadDone := make(chan struct{})
@@ -145,7 +161,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 			}
 		}
 	}
-	stopProgress := mr.showProgress(m.mode, start, runs, hb, len(m.hbFrom) > 0)
+	stopProgress := mr.showProgress(m.name(), start, runs, hb, len(m.hbFrom) > 0)
 	var results []pgbenchResult
 	var errs []error
 	for _, pr := range runs {
@@ -161,7 +177,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 	res.CPU = cpu.stop(pgbenchCPU)
 	close(loadDone)
 	if len(m.hbFrom) > 0 {
-		mr.say("%s: load done, waiting for the last heartbeats to replicate", m.mode)
+		mr.say("%s: load done, waiting for the last heartbeats to replicate", m.name())
 	}
 	errs = append(errs, startErr, <-hbDone)
 	if err := errors.Join(errs...); err != nil {
@@ -184,6 +200,7 @@ func (mr measurer) measure(ctx context.Context, m measurement) (ModeResult, erro
 		}
 	}
 	slices.Sort(lat)
+	res.lat = lat
 	res.Transactions = int64(len(lat))
 	res.LatencyAvg, res.LatencyP50, res.LatencyP99 = ms(mean(lat)), ms(percentile(lat, 50)), ms(percentile(lat, 99))
 	if len(m.hbFrom) > 0 {

@@ -32,7 +32,15 @@ const (
 // Header describes the run in one line.
 func (r WANResult) Header() string {
 	shape := Shape{RTT: time.Duration(r.RTTms * float64(time.Millisecond)), Jitter: time.Duration(r.JitterMs * float64(time.Millisecond)), Bandwidth: r.Bandwidth}
-	return fmt.Sprintf("pgbench scale %d, %d clients%s, %gs per mode; %d sites; links: %s", r.Scale, r.Clients, rateText(r.Rate), r.DurationSec, r.Nodes, shape)
+	commits := "fsync off (commits cost CPU only)"
+	if r.Fsync {
+		commits = "fsync on (WAL flushed at commit)"
+	}
+	rounds := ""
+	if r.Rounds > 1 {
+		rounds = fmt.Sprintf(" (baseline and mm-local taking turns, %d rounds of %gs)", r.Rounds, r.DurationSec/float64(r.Rounds))
+	}
+	return fmt.Sprintf("pgbench scale %d, %d clients%s, %gs per mode%s; %d sites; links: %s; %s", r.Scale, r.Clients, rateText(r.Rate), r.DurationSec, rounds, r.Nodes, shape, commits)
 }
 
 // cpusText says which CPUs each site had.
@@ -78,7 +86,36 @@ func (r WANResult) Report() string {
 			fmt.Fprintf(&b, "  %s\n", c)
 		}
 	}
+	if rr := r.RoundRatios(); len(rr) > 1 {
+		var cells []string
+		for _, v := range rr {
+			cells = append(cells, fmt.Sprintf("%.2f", v))
+		}
+		sorted := slices.Sorted(slices.Values(rr))
+		fmt.Fprintf(&b, "  mm-local / baseline TPS by round: %s (median %.2f, min %.2f, max %.2f)\n",
+			strings.Join(cells, " "), median(sorted), sorted[0], sorted[len(sorted)-1])
+	}
 	return b.String()
+}
+
+// RoundRatios are mm-local's TPS over the baseline's in each round, when
+// the two took turns.
+func (r WANResult) RoundRatios() []float64 {
+	base, okB := r.Mode(ModeBaseline)
+	local, okL := r.Mode(ModeLocal)
+	if !okB || !okL {
+		return nil
+	}
+	return roundRatios(base, local)
+}
+
+// median of sorted values.
+func median(v []float64) float64 {
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 // Check is one target and whether the run met it.
@@ -150,7 +187,7 @@ func (r WANResult) CompareSeed() string {
 func (r WANResult) WriteReport(dir, command string, resultJSON []byte) error {
 	intro := fmt.Sprintf("%s; %s.\n\nThe sites run on one machine and reach each other only through in-process WAN links (toxiproxy): each direction delays by half the round trip (plus jitter) and limits the bandwidth.", r.Header(), r.cpusText())
 	if len(r.SiteCPUs) > 0 {
-		intro += " Each site runs on CPUs of its own, as if on a machine of its own: its PostgreSQL (the postmaster and every process it forks), its bdrd and the pgbench clients at the site are in a cgroup v1 cpuset of the site's CPUs; the baseline runs on site 1's. bdrctl, which runs the WAN links' proxies and the heartbeat, is in none and may use any CPU."
+		intro += " Each site runs on CPUs of its own, as if on a machine of its own: its PostgreSQL (the postmaster and every process it forks), its bdrd and the pgbench clients at the site are in a cgroup v1 cpuset of the site's CPUs; the baseline runs on site 1's. bdrctl, which runs the WAN links' proxies and the heartbeat, runs on the CPUs of the other sites."
 	}
 	body := fmt.Sprintf("```\n%s```\n\n## Against PGECons 2016\n\n```\n%s```\n\n", r.Report(), r.CompareSeed())
 	return writeReport(dir, "bdr WAN benchmark", r.Started, command, intro, body, r.Header(), r.Modes, resultJSON)

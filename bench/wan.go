@@ -57,6 +57,17 @@ type WANConfig struct {
 	// cgroup v1 cpu group each): other work then runs on a site's CPUs
 	// only when the site leaves room. 0: no weight.
 	SiteWeight int
+	// Rounds cuts the baseline's and mm-local's runs into that many
+	// windows of Duration/Rounds, the two modes taking turns, so that
+	// both meet the host alike (see rounds.go); 0: about 10 s windows, at
+	// most 6. sr and mm-both run Duration in one go.
+	Rounds int
+	// Fsync makes every server flush its WAL at commit (fsync and
+	// full_page_writes on, PostgreSQL's defaults); off, commits cost only
+	// CPU, as in the tests. Off by default: the sites share this machine's
+	// disk, where one site's flushes slow the others' (a coupling real
+	// sites do not have).
+	Fsync bool
 }
 
 // Validate checks the configuration and fills defaults.
@@ -78,6 +89,15 @@ func (c *WANConfig) Validate() error {
 		return errors.New("bench wan: --rtt and --jitter must be whole milliseconds")
 	case c.Shape.Jitter > c.Shape.oneWay():
 		return errors.New("bench wan: --jitter must not exceed half the --rtt")
+	}
+	if c.Rounds < 0 {
+		return errors.New("bench wan: --rounds must not be negative")
+	}
+	if c.Rounds == 0 {
+		c.Rounds = autoRounds(c.Duration)
+	}
+	if w := c.Duration / time.Duration(c.Rounds); c.Rounds > 1 && (w < minWindow || w%time.Second != 0) {
+		return fmt.Errorf("bench wan: --duration %s in %d rounds: each must be a whole number of seconds, at least %s", c.Duration, c.Rounds, minWindow)
 	}
 	if len(c.Modes) == 0 {
 		c.Modes = AllModes
@@ -143,6 +163,11 @@ type ModeResult struct {
 	CPU *CPUUse `json:"cpu,omitempty"`
 	// TPSSeries is the transactions finished in each second of the run.
 	TPSSeries []int64 `json:"tps_series"`
+	// RoundTPS is the TPS of each round, when the run was cut into rounds
+	// (baseline and mm-local, see [WANConfig.Rounds]).
+	RoundTPS []float64 `json:"round_tps,omitempty"`
+
+	lat []time.Duration // every transaction's latency, sorted
 }
 
 // SiteTPS is one site's pgbench in a mode with clients at several sites.
@@ -185,8 +210,13 @@ type WANResult struct {
 	SiteWeightNote string `json:"site_weight_note,omitempty"`
 	// BdrctlProcs is GOMAXPROCS of the process that ran the benchmark
 	// (bdrctl: the WAN links' proxies, the heartbeat).
-	BdrctlProcs int          `json:"bdrctl_gomaxprocs"`
-	Modes       []ModeResult `json:"modes"`
+	BdrctlProcs int `json:"bdrctl_gomaxprocs"`
+	// Fsync says whether the servers flushed their WAL at commit.
+	Fsync bool `json:"fsync"`
+	// Rounds is how many turns the baseline and mm-local took (1: each ran
+	// in one go; 0: they did not both run).
+	Rounds int          `json:"rounds,omitempty"`
+	Modes  []ModeResult `json:"modes"`
 }
 
 // Mode returns the result of mode, if it ran.
@@ -205,6 +235,9 @@ type wanRun struct {
 	pgbench string   // the pgbench binary
 	dir     string   // pgbench logs, bdrd data dirs
 	cg      *cgroups // the sites' CPUs; nil when they share them
+	// base is the baseline's server while it takes turns with mm-local
+	// (nil otherwise).
+	base *pgcluster.Server
 }
 
 func (r *wanRun) say(format string, args ...any) {
@@ -213,8 +246,16 @@ func (r *wanRun) say(format string, args ...any) {
 	}
 }
 
-// serverSettings are the same for every server of every mode.
-var serverSettings = map[string]string{"shared_buffers": "128MB", "max_wal_size": "2GB", "checkpoint_timeout": "30min"}
+// serverSettings are the same for every server of every mode; with
+// fsync, WAL is flushed at commit and pages are written whole after a
+// checkpoint, as PostgreSQL does by default.
+func serverSettings(fsync bool) map[string]string {
+	s := map[string]string{"shared_buffers": "128MB", "max_wal_size": "2GB", "checkpoint_timeout": "30min"}
+	if fsync {
+		s["fsync"], s["full_page_writes"] = "on", "on"
+	}
+	return s
+}
 
 // RunWAN runs pgbench in each mode on servers of this machine whose sites
 // reach each other only through emulated WAN links, and measures TPS,
@@ -239,7 +280,10 @@ func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 	r := &wanRun{cfg: cfg, pgbench: filepath.Join(bin, "pgbench"), dir: dir}
 	res := WANResult{Nodes: cfg.Nodes, RTTms: ms(cfg.Shape.RTT), JitterMs: ms(cfg.Shape.Jitter), Bandwidth: cfg.Shape.Bandwidth,
 		Scale: cfg.Scale, Clients: cfg.Clients, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Started: time.Now().UTC(),
-		BdrctlProcs: runtime.GOMAXPROCS(0)}
+		BdrctlProcs: runtime.GOMAXPROCS(0), Fsync: cfg.Fsync}
+	if slices.Contains(cfg.Modes, ModeBaseline) && slices.Contains(cfg.Modes, ModeLocal) {
+		res.Rounds = cfg.Rounds
+	}
 	cpus, note, err := planSiteCPUs(cgroupBase, cfg.SiteCPUs, cfg.Nodes)
 	if err != nil {
 		return res, fmt.Errorf("bench wan: %w", err)
@@ -281,6 +325,15 @@ func RunWAN(ctx context.Context, cfg WANConfig) (_ WANResult, err error) {
 		case ModeSR:
 			m, err = r.runSR(ctx)
 		case ModeBaseline:
+			if slices.Contains(cfg.Modes, ModeLocal) {
+				// Measured in turns with mm-local, on the same group's run.
+				r.say("baseline: one PostgreSQL, no replication (measured in turns with mm-local)")
+				if r.base, err = r.startLoaded(ctx, 1); err != nil {
+					return res, fmt.Errorf("%s: %w", mode, err)
+				}
+				defer func() { err = errors.Join(err, r.base.Remove()) }()
+				continue
+			}
 			m, err = r.runBaseline(ctx)
 		case ModeLocal:
 			m, err = r.runGroup(ctx, slices.Contains(cfg.Modes, ModeLocal), slices.Contains(cfg.Modes, ModeBoth))
@@ -306,9 +359,14 @@ func (r *wanRun) runBaseline(ctx context.Context) ([]ModeResult, error) {
 		return nil, err
 	}
 	defer s.Remove()
-	m, err := r.measure(ctx, measurement{mode: ModeBaseline, who: "site1 (no replication)",
-		loads: []load{{site: 1, dsn: s.DSN("bench")}}, cpu: []cpuSite{{site: 1}}})
+	m, err := r.measure(ctx, baselineMeasurement(s))
 	return []ModeResult{m}, err
+}
+
+// baselineMeasurement is the baseline's run on s.
+func baselineMeasurement(s *pgcluster.Server) measurement {
+	return measurement{mode: ModeBaseline, who: "site1 (no replication)",
+		loads: []load{{site: 1, dsn: s.DSN("bench")}}, cpu: []cpuSite{{site: 1}}}
 }
 
 // startLoaded starts a server at site with database bench loaded by
@@ -343,7 +401,7 @@ func (r *wanRun) runSR(ctx context.Context) ([]ModeResult, error) {
 	defer primary.Remove()
 	w := newWAN(r.cfg.Shape)
 	defer w.close()
-	addr, err := w.add(2, "postgres", fmt.Sprintf("%s:%d", primary.Host(), primary.Port()), false)
+	addr, err := w.addUnix(2, "postgres", primary.SocketPath())
 	if err != nil {
 		return nil, err
 	}
@@ -447,15 +505,13 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 	}
 	var out []ModeResult
 	if local {
-		if err := quiet(); err != nil {
-			return nil, err
-		}
-		m, err := r.measure(ctx, measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
-			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes, cpu: cpu})
+		lm := measurement{mode: ModeLocal, who: "site1 -> site1 (near node)",
+			loads: []load{{site: 1, dsn: nodes[0].dsn}}, hbFrom: nodes[:1], hbTo: nodes, wan: w, bdr: nodes, cpu: cpu}
+		m, err := r.inRounds(ctx, lm, quiet)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, m)
+		out = append(out, m...)
 	}
 	if both {
 		if err := quiet(); err != nil {
@@ -477,11 +533,53 @@ func (r *wanRun) runGroup(ctx context.Context, local, both bool) ([]ModeResult, 
 	return out, nil
 }
 
+// inRounds measures mm-local (lm, after ready) and, when it takes turns
+// with it, the baseline: cfg.Rounds windows each, the baseline's first in
+// each round. It returns the baseline's result, if measured, then
+// mm-local's.
+func (r *wanRun) inRounds(ctx context.Context, lm measurement, ready func() error) ([]ModeResult, error) {
+	rounds := r.cfg.Rounds
+	if r.base == nil {
+		rounds = 1 // nothing to take turns with
+	}
+	window := r.cfg.Duration / time.Duration(rounds)
+	var base, local []ModeResult
+	for i := range rounds {
+		round := ""
+		if rounds > 1 {
+			round = fmt.Sprintf("round %d/%d", i+1, rounds)
+		}
+		if r.base != nil {
+			bm := baselineMeasurement(r.base)
+			bm.window, bm.round = window, round
+			m, err := r.measure(ctx, bm)
+			if err != nil {
+				return nil, err
+			}
+			base = append(base, m)
+		}
+		if err := ready(); err != nil {
+			return nil, err
+		}
+		lm.window, lm.round = window, round
+		m, err := r.measure(ctx, lm)
+		if err != nil {
+			return nil, err
+		}
+		local = append(local, m)
+	}
+	var out []ModeResult
+	if base != nil {
+		out = append(out, mergeRounds(base, window))
+	}
+	return append(out, mergeRounds(local, window)), nil
+}
+
 // startSiteBdrd starts the site's bdrd, with proxies in front of its
 // PostgreSQL, admin API, gossip and consensus, whose addresses it
 // advertises: the other sites reach it only through them.
 func (r *wanRun) startSiteBdrd(ctx context.Context, w *wan, s *site) error {
-	pg, err := w.add(s.n, "postgres", fmt.Sprintf("%s:%d", s.server.Host(), s.server.Port()), false)
+	pg, err := w.addUnix(s.n, "postgres", s.server.SocketPath())
 	if err != nil {
 		return err
 	}
@@ -518,7 +616,15 @@ func (r *wanRun) startSiteBdrdOnce(ctx context.Context, w *wan, s *site, pg stri
 		proxies = append(proxies, a)
 	}
 	s.admin = proxies[0]
-	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen,
+	var env []string
+	if r.cg != nil {
+		// As on a machine with the site's CPUs: bdrd starts outside the
+		// site's cpuset (it is moved in once it runs), and the Go runtime
+		// would size itself to every CPU of this one.
+		cpus, _ := parseCPUList(r.cg.siteCPUs(s.n))
+		env = []string{fmt.Sprintf("GOMAXPROCS=%d", max(len(cpus), 1))}
+	}
+	s.bdrd, err = startBdrdAt(ctx, r.cfg.Bdrd, s.name, s.server.DSN("bench"), filepath.Join(r.dir, s.name), listen, env,
 		"--public-dsn", proxyDSN(pg, "bench"), "--admin-advertise", s.admin,
 		"--gossip-advertise", proxies[1], "--raft-advertise", proxies[2])
 	return err
@@ -529,7 +635,7 @@ func (r *wanRun) startSiteBdrdOnce(ctx context.Context, w *wan, s *site, pg stri
 // the processes it has forked so far; those it forks later (every
 // connection's backend) are born there.
 func (r *wanRun) startServer(ctx context.Context, site int, opts pgcluster.Options) (*pgcluster.Server, error) {
-	opts.Dir, opts.Settings = r.cfg.Dir, serverSettings
+	opts.Dir, opts.Settings = r.cfg.Dir, serverSettings(r.cfg.Fsync)
 	s, err := pgcluster.Start(ctx, opts)
 	if err != nil || r.cg == nil {
 		return s, err

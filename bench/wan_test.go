@@ -69,7 +69,13 @@ func leftovers(t *testing.T, dir string, fdsBefore int) []string {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if n := openFDs(t); n > fdsBefore+2 {
-		out = append(out, fmt.Sprintf("%d open files, %d before", n, fdsBefore))
+		var what []string
+		fds, _ := os.ReadDir("/proc/self/fd")
+		for _, fd := range fds {
+			target, _ := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+			what = append(what, fd.Name()+"="+target)
+		}
+		out = append(out, fmt.Sprintf("%d open files, %d before: %s", n, fdsBefore, strings.Join(what, " ")))
 	}
 	return out
 }
@@ -92,7 +98,7 @@ func TestWAN(t *testing.T) {
 	dir := t.TempDir()
 	fds := openFDs(t)
 	cfg := WANConfig{Bdrd: bdrd(t), Nodes: 2, Shape: Shape{RTT: 10 * time.Millisecond, Bandwidth: 100e6},
-		Scale: 1, Clients: 2, Rate: 100, Duration: 3 * time.Second, Dir: dir, Progress: testWriter{t, time.Now()}, ProgressEvery: time.Second,
+		Scale: 1, Clients: 2, Rate: 100, Duration: 4 * time.Second, Rounds: 2, Dir: dir, Progress: testWriter{t, time.Now()}, ProgressEvery: time.Second,
 		SiteCPUs: SiteCPUsOff}
 	res, err := RunWAN(context.Background(), cfg)
 	if err != nil {
@@ -139,6 +145,16 @@ func TestWAN(t *testing.T) {
 		if pgBytes < 10000 {
 			t.Errorf("%s: %d bytes through the PostgreSQL links: %+v", m.Mode, pgBytes, m.Links)
 		}
+	}
+	// Baseline and mm-local took turns in two rounds of 2 s; the others ran 4 s at once.
+	if rr := res.RoundRatios(); len(rr) != 2 || !strings.Contains(res.Report(), "by round") {
+		t.Errorf("mm-local / baseline by round: %v, want 2 rounds; report:\n%s", rr, res.Report())
+	}
+	if local, _ := res.Mode(ModeLocal); len(local.Lags) == 0 || local.Lags[len(local.Lags)-1].At < 2 {
+		t.Errorf("mm-local's lag samples do not reach into its second round: %v", local.Lags)
+	}
+	if both, _ := res.Mode(ModeBoth); both.RoundTPS != nil {
+		t.Errorf("mm-both ran in rounds: %v", both.RoundTPS)
 	}
 	if sr, _ := res.Mode(ModeSR); sr.LatencyP50 < 10 || sr.Conflicts != nil {
 		t.Errorf("sr: latency p50 %.1f ms, want above the 10 ms round trip; conflicts %v", sr.LatencyP50, sr.Conflicts)

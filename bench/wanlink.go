@@ -117,6 +117,7 @@ type wanProxy struct {
 	p        *toxiproxy.Proxy
 	up, down *linkToxic
 	udp      *udpRelay
+	leg      *unixLeg // the last hop to a Unix socket, if any
 }
 
 // The link toxic's type, registered once in toxiproxy's registry (the
@@ -131,17 +132,37 @@ func newWAN(shape Shape) *wan {
 	return &wan{shape: shape, srv: toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())}
 }
 
+// addUnix starts a proxy to the service at site to listening on the Unix
+// socket at path (a PostgreSQL server), through a unixLeg, and returns the
+// address the other sites use instead.
+func (w *wan) addUnix(to int, service, path string) (string, error) {
+	leg, err := startUnixLeg(path)
+	if err != nil {
+		return "", fmt.Errorf("proxy to site%d %s: %w", to, service, err)
+	}
+	addr, err := w.addWith(to, service, leg.addr(), false, leg)
+	if err != nil {
+		leg.close()
+	}
+	return addr, err
+}
+
 // add starts a proxy to upstream, the service at site to, and returns the
 // address the other sites use instead. With udp, UDP datagrams to the same
 // port are relayed to upstream too.
 func (w *wan) add(to int, service, upstream string, udp bool) (string, error) {
+	return w.addWith(to, service, upstream, udp, nil)
+}
+
+// addWith is add, the proxy owning leg (closed with it), if any.
+func (w *wan) addWith(to int, service, upstream string, udp bool, leg *unixLeg) (string, error) {
 	name := fmt.Sprintf("site%d %s", to, service)
 	for attempt := 0; ; attempt++ {
 		p := toxiproxy.NewProxy(w.srv, name, "127.0.0.1:0", upstream)
 		if err := p.Start(); err != nil {
 			return "", fmt.Errorf("proxy to %s: %w", name, err)
 		}
-		wp := &wanProxy{LinkBytes: LinkBytes{Name: name, To: to, Service: service}, p: p}
+		wp := &wanProxy{LinkBytes: LinkBytes{Name: name, To: to, Service: service}, p: p, leg: leg}
 		if err := w.shapeProxy(wp); err != nil {
 			p.Stop()
 			return "", fmt.Errorf("proxy to %s: %w", name, err)
@@ -210,12 +231,20 @@ func (w *wan) drop(addrs ...string) {
 			kept = append(kept, p)
 			continue
 		}
-		p.p.Stop()
-		if p.udp != nil {
-			p.udp.close()
-		}
+		p.stop()
 	}
 	w.proxies = kept
+}
+
+// stop stops the proxy and what it owns.
+func (p *wanProxy) stop() {
+	p.p.Stop()
+	if p.udp != nil {
+		p.udp.close()
+	}
+	if p.leg != nil {
+		p.leg.close()
+	}
 }
 
 // close stops every proxy and relay, closing their connections.
@@ -223,10 +252,7 @@ func (w *wan) close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range w.proxies {
-		p.p.Stop()
-		if p.udp != nil {
-			p.udp.close()
-		}
+		p.stop()
 	}
 }
 

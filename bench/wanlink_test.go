@@ -11,9 +11,12 @@ import (
 )
 
 // echoServer echoes every connection until the test ends.
-func echoServer(t *testing.T) string {
+func echoServer(t *testing.T) string { return echoOn(t, "tcp", "127.0.0.1:0") }
+
+// echoOn is echoServer listening on network at addr.
+func echoOn(t *testing.T, network, addr string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,5 +132,35 @@ func TestLinkManySmallWrites(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, size)); err != nil {
 			t.Fatalf("answer of %d bytes: %v", size, err)
 		}
+	}
+}
+
+// TestUnixLeg carries connections from TCP to a Unix socket both ways, and
+// closing it ends them.
+func TestUnixLeg(t *testing.T) {
+	path := echoOn(t, "unix", t.TempDir()+"/echo.sock")
+	leg, err := startUnixLeg(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", leg.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := make([]byte, 100_000)
+	_, _ = rand.Read(msg)
+	go func() { _, _ = c.Write(msg) }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through the leg: %v (equal %v)", err, bytes.Equal(got, msg))
+	}
+	leg.close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(got); err == nil {
+		t.Fatalf("read %d bytes after the leg closed; want the connection ended", n)
+	}
+	if _, err := net.Dial("tcp", leg.addr()); err == nil {
+		t.Fatal("the leg still accepts connections after close")
 	}
 }

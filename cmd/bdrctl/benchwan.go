@@ -30,6 +30,8 @@ func benchWAN(ctx context.Context, fs *flag.FlagSet, args []string, bdrd, dir *s
 	seed := fs.Bool("compare-seed", false, "also print the figures next to PGECons 2016's Tokyo-Singapore ones")
 	fs.StringVar(&cfg.SiteCPUs, "site-cpus", bench.SiteCPUsAuto, "CPUs of each site, as if each were a machine of its own (cgroup v1 cpusets): auto (split this machine's CPUs, when cgroups allow), off (shared), or a cpuset per site separated by / (0/1, 0-1/2-3); the baseline runs on site 1's")
 	fs.IntVar(&cfg.SiteWeight, "site-weight", 10, "with site CPUs, each site and bdrctl weigh as much as this many other processes of the machine on the CPUs (cgroup v1 cpu.shares; 0: no weight)")
+	fs.IntVar(&cfg.Rounds, "rounds", 0, "baseline and mm-local take turns in this many rounds of --duration/rounds each, so that both meet the machine alike (0: rounds of about 10s, at most 6)")
+	fs.BoolVar(&cfg.Fsync, "fsync", false, "servers flush their WAL at commit (fsync and full_page_writes on, PostgreSQL's defaults); off, commits cost CPU only: the sites share this machine's disk, and one site's flushes would slow the others'")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of bdrctl, which runs the WAN links and the heartbeat (0: every CPU)")
 	if err := parse(fs, args[1:], 0); err != nil {
 		return err

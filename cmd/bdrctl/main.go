@@ -52,7 +52,7 @@ Commands:
                            (--bdrd PATH --nodes 2 --rtt 77ms --jitter 0ms --bandwidth 160mbit
                             --scale 10 --clients 10 --rate 0 --duration 60s
                             --modes sr,baseline,mm-local,mm-both --site-cpus auto|off|0/1
-                            --site-weight 10 --gomaxprocs 1
+                            --site-weight 10 --gomaxprocs 1 --rounds 0 --fsync=false
                             --json --out DIR --compare-seed)
   bench pgbench [flags]    pgbench from this host against a member of an existing group and
                            the replication lag between every pair of members

@@ -234,6 +234,8 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"bench", "wan", "--site-cpus", "0-1"}, "1 cpusets for 2 sites"},
 		{[]string{"bench", "wan", "--site-weight", "-1"}, "--site-weight must be 0 to 64"},
 		{[]string{"bench", "wan", "--gomaxprocs", "-1"}, "--gomaxprocs must not be negative"},
+		{[]string{"bench", "wan", "--rounds", "-1"}, "--rounds must not be negative"},
+		{[]string{"bench", "wan", "--duration", "10s", "--rounds", "3"}, "--duration 10s in 3 rounds: each must be a whole number of seconds"},
 		{[]string{"bench", "pgbench", "--clients", "0"}, "--scale and --clients must be at least 1"},
 		{[]string{"bench", "frob"}, "apply, join, wan or pgbench"},
 	} {

@@ -218,6 +218,11 @@ func (s *Server) Port() int { return s.port }
 // Host returns the address the server listens on.
 func (s *Server) Host() string { return "127.0.0.1" }
 
+// SocketPath returns the server's Unix socket.
+func (s *Server) SocketPath() string {
+	return filepath.Join(s.sockDir, fmt.Sprintf(".s.PGSQL.%d", s.port))
+}
+
 // DataDir returns the server's data directory.
 func (s *Server) DataDir() string { return s.dataDir }
 
