@@ -51,8 +51,9 @@ var (
 	stmtCheck    = stmt{"bdr_check", "SELECT bdr.check_applied($1::int)"}
 	stmtPosition = stmt{"bdr_position", "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, pg_catalog.pg_current_wal_flush_lsn()::text"}
 	// stmtClaim marks a parked transaction applied by the transaction that
-	// applies it (park.go).
-	stmtClaim = stmt{"bdr_claim", "SELECT bdr.claim_parked($1::bigint, $2::text)"}
+	// applies it (park.go), and tells the resolving statements that the
+	// transaction comes out of its stream's order (setStream).
+	stmtClaim = stmt{"bdr_claim", "SELECT bdr.claim_parked($1::bigint, $2::text), pg_catalog.set_config('" + setStream + "', '" + noStream + "', true)"}
 )
 
 var fixedStmts = []stmt{stmtBegin, stmtCommit, stmtSetup, stmtSetupFast, stmtRecordSetup, stmtCheck, stmtPosition, stmtClaim}
@@ -201,6 +202,7 @@ func (a *applier) setupSession(ctx context.Context) (decoder.LSN, error) {
 	}
 	settings := [][2]string{
 		{setOrigin, strconv.FormatUint(uint64(origin), 10)},
+		{setStream, strconv.FormatUint(uint64(origin), 10)},
 		{setLocalID, strconv.Itoa(int(local.NodeID))},
 		{setLocalName, local.Name},
 		{setRemoteID, strconv.Itoa(int(peer.NodeID))},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -224,6 +225,48 @@ func TestApplyLockWait(t *testing.T) {
 	pgtest.WaitFor(t, time.Minute, "the change to be applied once the lock is gone", func() (bool, error) {
 		return b.QueryInt(`SELECT count(*) FROM t`) == 1, nil
 	})
+	grouptest.WaitQuiet(t, nodes, time.Minute)
+	grouptest.AssertConverged(t, nodes)
+}
+
+// TestParkedRetryOutOfOrder: a parked transaction is retried after its
+// stream went on, so its own node's later changes to its rows are here
+// before it. They are newer, and stay: the retry compares with them by
+// time, as with any other node's, instead of replacing them as the next
+// change of their stream would (an update over the later update, an
+// insert over the later delete's tombstone).
+func TestParkedRetryOutOfOrder(t *testing.T) {
+	t.Parallel()
+	nodes := grouptest.Group(t, shared(t)[:2], "outoforder", grouptest.Options{ErrorRetry: time.Hour}, nil)
+	a, b := nodes[0], nodes[1]
+	a.Exec(`CREATE TABLE t (id int PRIMARY KEY, v int)`)
+	b.Exec(`CREATE TABLE t (id int PRIMARY KEY, v int CONSTRAINT small CHECK (v < 100))`)
+	a.Exec(`INSERT INTO t VALUES (1, 10)`)
+	a.Exec(`UPDATE t SET v = 500 WHERE id = 1`) // parked on b
+	a.Exec(`UPDATE t SET v = 20 WHERE id = 1`)
+	a.Exec(`INSERT INTO t VALUES (2, 600)`) // parked on b
+	a.Exec(`DELETE FROM t WHERE id = 2`)
+	a.Exec(`INSERT INTO t VALUES (3, 30)`)
+	pgtest.WaitFor(t, time.Minute, "the changes after the parked ones to be applied", func() (bool, error) {
+		return b.QueryInt(`SELECT count(*) FROM t WHERE id = 3`) == 1, nil
+	})
+	if n := b.QueryInt(`SELECT count(*) FROM bdr.apply_errors WHERE state = 'parked'`); n != 2 {
+		t.Fatalf("%d transactions parked, want 2", n)
+	}
+	b.Exec(`ALTER TABLE t DROP CONSTRAINT small`)
+	for _, id := range pgtest.Strings(t, b.DSN, `SELECT error_id::text FROM bdr.apply_errors WHERE state = 'parked' ORDER BY error_id`) {
+		n, err := strconv.ParseInt(id, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		retryParked(t, b, n)
+	}
+	if v := b.QueryInt(`SELECT v FROM t WHERE id = 1`); v != 20 {
+		t.Errorf("row 1 is %d on %s after the retry, want 20 (the later update)", v, b.Name)
+	}
+	if n := b.QueryInt(`SELECT count(*) FROM t WHERE id = 2`); n != 0 {
+		t.Errorf("the retried insert of row 2 came back over its later delete")
+	}
 	grouptest.WaitQuiet(t, nodes, time.Minute)
 	grouptest.AssertConverged(t, nodes)
 }

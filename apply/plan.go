@@ -208,7 +208,24 @@ const (
 	setXid        = "bdr.remote_xid"
 	setCommitLSN  = "bdr.commit_lsn"
 	setApplied    = "bdr.applied" // rows applied by fast statements in this transaction
+	// setStream is the origin whose row versions a remote change
+	// replaces whatever their times: the change's own node's, which its
+	// stream sends in commit order. bdr.origin, except in the retry of a
+	// parked transaction (noStream): the stream has gone past it, and its
+	// node's later versions here are newer than it.
+	setStream = "bdr.stream_origin"
 )
+
+// noStream is setStream in the retry of a parked transaction: an oid no
+// replication origin has (their ids fit in 16 bits), so that a version of
+// the change's own node is compared by its time, as any other node's.
+const noStream = "4294967295"
+
+// sameStream is true when the replication origin ro is the one the
+// change's stream supersedes (see setStream).
+func sameStream(ro string) string {
+	return fmt.Sprintf("%s = %s", ro, setting(setStream, "oid"))
+}
 
 func setting(name, typ string) string {
 	return fmt.Sprintf("pg_catalog.current_setting('%s')::%s", name, typ)
@@ -240,7 +257,7 @@ var remoteTS = setting(setCommitTS, "timestamptz")
 func inputs(found, mineExpr, c, rts string) conflict.Inputs {
 	return conflict.Inputs{
 		Found:      found,
-		Same:       fmt.Sprintf("coalesce(%s OR %s.roident = %s, false)", mineExpr, c, setting(setOrigin, "oid")),
+		Same:       fmt.Sprintf("coalesce(%s OR %s, false)", mineExpr, sameStream(c+".roident")),
 		LocalTS:    c + ".timestamp",
 		LocalNode:  nodeOf(c + ".roident"),
 		RemoteTS:   rts,

@@ -136,7 +136,7 @@ func (p *plan) rowInputs(alias, rts string, resolvers func(conflict.Type) string
 	ro := fmt.Sprintf("(CASE WHEN %s THEN %s ELSE %s.roident END)", has, kept("roident"), c)
 	return conflict.Inputs{
 		Found:      "true",
-		Same:       fmt.Sprintf("coalesce((NOT %s AND %s) OR %s = %s, false)", has, mine(xmin), ro, setting(setOrigin, "oid")),
+		Same:       fmt.Sprintf("coalesce((NOT %s AND %s) OR %s, false)", has, mine(xmin), sameStream(ro)),
 		LocalTS:    ts,
 		LocalNode:  nodeOf(ro),
 		RemoteTS:   rts,
@@ -226,7 +226,7 @@ func (p *plan) resolvingDeltaUpdateSQL(mask string) string {
 	})
 	in := conflict.Inputs{
 		Found:      "coalesce(l.found, false)",
-		Same:       fmt.Sprintf("coalesce(l.mine OR l.ro = %s, false)", setting(setOrigin, "oid")),
+		Same:       fmt.Sprintf("coalesce(l.mine OR %s, false)", sameStream("l.ro")),
 		LocalTS:    "l.ts",
 		LocalNode:  nodeOf("l.ro"),
 		RemoteTS:   remoteTS,

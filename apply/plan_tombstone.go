@@ -74,7 +74,7 @@ func tombstoneNewer(alias string) string {
 	ts, ro := deleteVersion(alias, "(pg_catalog.pg_xact_commit_timestamp_origin("+alias+".xmin))")
 	return conflict.CleanSQL(conflict.Inputs{
 		Found:      "true",
-		Same:       fmt.Sprintf("coalesce(%s OR %s = %s, false)", mine(alias+".xmin"), ro, setting(setOrigin, "oid")),
+		Same:       fmt.Sprintf("coalesce(%s OR %s, false)", mine(alias+".xmin"), sameStream(ro)),
 		LocalTS:    ts,
 		LocalNode:  nodeOf(ro),
 		RemoteTS:   remoteTS,

@@ -521,12 +521,39 @@ func (r *randomRound) describe(k rowKey, rows []map[rowKey]string) string {
 			fmt.Fprintf(&b, "\n\t%s: %s", n.Name, c)
 		}
 	}
+	for _, n := range r.nodes {
+		for _, line := range r.traceOf(n, k) {
+			fmt.Fprintf(&b, "\n\t%s: %s", n.Name, line)
+		}
+	}
 	return b.String()
+}
+
+// traceOf lists what n keeps of row k besides its conflicts, for a
+// failure: its tombstone, its unique history, and the transactions that
+// parked there (when, and when last tried).
+func (r *randomRound) traceOf(n *grouptest.Node, k rowKey) []string {
+	const at = `to_char(%s AT TIME ZONE 'UTC', 'HH24:MI:SS.US')`
+	ts := func(e string) string { return fmt.Sprintf(at, e) }
+	return pgtest.Strings(r.t, n.DSN, `SELECT format('tombstone deleted=%s written %s origin %s at_time %s row %s row_time %s',
+			x.deleted, `+ts("c.timestamp")+`, c.roident, `+ts("x.at_time")+`, x.row, `+ts("x.row_time")+`)
+		FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c ON true
+		WHERE x.relid = $1::text::regclass AND x.key->>'id' = $2
+		UNION ALL
+		(SELECT format('unique history written %s row %s row_time %s origin %s', `+ts("pg_catalog.pg_xact_commit_timestamp(x.xmin)")+`,
+			x.row, `+ts("x.row_time")+`, x.row_origin)
+		FROM bdr.unique_history x WHERE x.relid = $1::text::regclass AND x.key->>'id' = $2 ORDER BY x.id)
+		UNION ALL
+		(SELECT format('apply error %s from %s commit %s: parked %s, last tried %s, %s attempts: %s', e.state, e.origin_node_name,
+			`+ts("e.remote_commit_time")+`, `+ts("e.parked_at")+`, `+ts("e.last_attempt_at")+`, e.attempts, left(e.error, 200))
+		FROM bdr.apply_errors e WHERE e.tables @> ARRAY[$3] AND e.changes::text LIKE '%' || $2 || '%' ORDER BY e.error_id)`,
+		r.schema+"."+k.table, k.id, r.schema+"."+k.table)
 }
 
 // conflictsOf lists the conflicts n recorded for row k, for a failure.
 func (r *randomRound) conflictsOf(n *grouptest.Node, k rowKey) []string {
-	return pgtest.Strings(r.t, n.DSN, `SELECT format('%s %s from %s at %s: %s; local %s remote %s', conflict_type, resolution,
+	return pgtest.Strings(r.t, n.DSN, `SELECT format('[recorded %s] %s %s from %s at %s: %s; local %s remote %s',
+			to_char(pg_catalog.pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'HH24:MI:SS.US'), conflict_type, resolution,
 			remote_node_name, remote_commit_time, reason, local_tuple, remote_tuple)
 		FROM bdr.conflict_history
 		WHERE schema_name = $1 AND table_name = $2 AND (remote_tuple->>'id' = $3 OR local_tuple->>'id' = $3)
