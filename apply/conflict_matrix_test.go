@@ -291,6 +291,42 @@ var matrixCases = []matrixCase{
 		},
 	},
 	{
+		// A key change that meets a newer row under its old key leaves
+		// that row, and inserts its own under the new key as an insert:
+		// here that insert collides with the newer row on a unique index
+		// and loses to it, as on A, where the newer row's arrival deletes
+		// the key change's row.
+		name:   "key_change_old_row_collides",
+		schema: usersTable,
+		rows:   `INSERT INTO users VALUES (1, 'a@x', 'ann')`,
+		writes: []mwrite{{nodeA, `UPDATE users SET id = 2 WHERE id = 1`}, {nodeB, `UPDATE users SET name = 'bob' WHERE id = 1`}},
+		check:  usersCheck,
+		want:   "1=a@x/bob",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "unique_secondary", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeA, typ: "update_delete", res: resKeepRemote, remote: 1, local: 0, deleted: true},
+			{on: nodeB, typ: "unique_secondary", res: resKeepLocal, remote: 0, local: 1},
+		},
+	},
+	{
+		// The same with a past version of the newer row: B's row collided
+		// with the key change's row at its first update, not since its
+		// second; had the key change arrived between them, it would have
+		// lost, as it does on A.
+		name:   "key_change_old_version_collides",
+		schema: usersTable,
+		rows:   `INSERT INTO users VALUES (1, 'a@x', 'ann')`,
+		writes: []mwrite{{nodeA, `UPDATE users SET id = 2 WHERE id = 1`}, {nodeB, `UPDATE users SET name = 'zed' WHERE id = 1`},
+			{nodeB, `UPDATE users SET email = 'c@x' WHERE id = 1`}},
+		check: usersCheck,
+		want:  "1=c@x/zed",
+		conflicts: []mconflict{
+			{on: nodeA, typ: "unique_secondary", res: resKeepRemote, remote: 1, local: 0},
+			{on: nodeA, typ: "update_delete", res: resKeepRemote, remote: 1, local: 0, deleted: true},
+			{on: nodeB, typ: "unique_secondary", res: resKeepLocal, remote: 0, local: 1},
+		},
+	},
+	{
 		// v is an integer on the other nodes.
 		name:   "type_error",
 		schema: `CREATE TABLE kv (k int PRIMARY KEY, v int)`,

@@ -113,8 +113,9 @@ func (p *plan) ghostCond(cols []int, param func(col int) int) string {
 	return "(" + strings.Join(conds, " AND ") + ")"
 }
 
-// ghosts selects, as g, the row versions of other keys than the
-// parameters other, no longer in the table, that collide with the new
+// ghosts selects, as g, the row versions of other rows than the change's
+// (other: the condition on x, an entry, that it is another row's, see
+// otherKey), no longer in the table, that collide with the new
 // values (conds, ghostCond's, OR'ed), each with its version (lts, lnode):
 // versions a remote change older than them would have lost to had it
 // arrived while they were there. They are the deleted rows the tombstones
@@ -122,18 +123,24 @@ func (p *plan) ghostCond(cols []int, param func(col int) int) string {
 // rows of deletes and of changes of unique columns, and the remote
 // versions unique statements checked, applied or not. This transaction's
 // entries are left out: they are its own version or older ones.
-func (p *plan) ghosts(conds []string, other []int) string {
+func (p *plan) ghosts(conds []string, other string) string {
 	cond := strings.Join(conds, " OR ")
 	return fmt.Sprintf(`SELECT x.row, coalesce(x.row_time, xc.timestamp) AS lts,
 		%[1]s AS lnode
 	FROM bdr.tombstones x LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) xc ON true
-	WHERE x.relid = %[2]s AND x.deleted AND x.row IS NOT NULL AND x.key <> %[3]s AND (%[4]s)
+	WHERE x.relid = %[2]s AND x.deleted AND x.row IS NOT NULL AND %[3]s AND (%[4]s)
 	UNION ALL
 	SELECT x.row, x.row_time, %[5]s
 	FROM bdr.unique_history x
-	WHERE x.relid = %[2]s AND x.row_time IS NOT NULL AND NOT %[6]s AND x.key <> %[3]s AND (%[4]s)`,
-		nodeOf("coalesce(x.row_origin, xc.roident)"), p.relid(), p.tombstoneKey(other), cond,
+	WHERE x.relid = %[2]s AND x.row_time IS NOT NULL AND NOT %[6]s AND %[3]s AND (%[4]s)`,
+		nodeOf("coalesce(x.row_origin, xc.roident)"), p.relid(), other, cond,
 		nodeOf("x.row_origin"), mine("x.xmin"))
+}
+
+// otherKey is the condition that entry x (of bdr.tombstones or
+// bdr.unique_history) is not of the key params.
+func (p *plan) otherKey(params []int) string {
+	return "x.key <> " + p.tombstoneKey(params)
 }
 
 // keepVersion is the CTE uh of a unique statement: it keeps the remote
@@ -165,7 +172,7 @@ next:
 	if len(conds) == 0 {
 		return "true"
 	}
-	return fmt.Sprintf("NOT EXISTS (%s)", p.ghosts(conds, other))
+	return fmt.Sprintf("NOT EXISTS (%s)", p.ghosts(conds, p.otherKey(other)))
 }
 
 // concurrentlyChanged raises SQLSTATE 40001 (see bdr.concurrently_changed):

@@ -147,7 +147,7 @@ func (p *plan) uniqueInsertSQL() string {
 	for i := range all {
 		all[i] = i
 	}
-	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(true, 3)), p.keyParams(true, 3), false, p.tupleJSON(all, 3))
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(true, 3)), p.keyParams(true, 3), nil, false, p.tupleJSON(all, 3))
 }
 
 // uniqueUpdateSQL is the unique statement before the resolving UPDATE of
@@ -174,8 +174,12 @@ func (p *plan) uniqueUpdateSQL(mask string, keyChanged bool) string {
 		return true
 	}
 	var checks []check
+	var newKey []int
 	if keyChanged && carried(p.keys) {
 		checks = append(checks, check{index: "the key", cond: p.collision("t", p.keys, false, param), typ: conflict.PKChange})
+		for _, k := range p.keys {
+			newKey = append(newKey, param(k))
+		}
 	}
 	for _, u := range p.uniques {
 		if carried(u.cols) {
@@ -186,7 +190,7 @@ func (p *plan) uniqueUpdateSQL(mask string, keyChanged bool) string {
 	if len(checks) == 0 {
 		return ""
 	}
-	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(false, 3)), p.keyParams(false, 3), true, p.tupleJSON(present, len(p.keys)+3))
+	return p.uniqueSQL(checks, p.keyConds("t", p.keyParams(false, 3)), p.keyParams(false, 3), newKey, true, p.tupleJSON(present, len(p.keys)+3))
 }
 
 // check is one index a remote row may collide on.
@@ -206,7 +210,35 @@ type check struct {
 // A deleted row of another key that collides with the change and is newer
 // beats it too (under last_update_wins): had the change arrived before the
 // delete, that row would have won (plan_tombstone.go, ghosts).
-func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update bool, tuple string) string {
+//
+// A key change (newKey, the parameters of its new key; nil for other
+// changes) is the delete of its old key and the insert of its row under
+// the new one. Its row is the target's, moved, only when it applies to the
+// target (the target is older); a newer target stays (update_update), and
+// is then a row like any other that the inserted row may collide with, now
+// or in its past versions. Its version is kept, and its tombstone left
+// when it loses, under the new key: the row it stands for is there.
+func (p *plan) uniqueSQL(checks []check, target string, targetKey, newKey []int, update bool, tuple string) string {
+	// The target goes when the change would have replaced it: a losing
+	// UPDATE's row, and the row a losing INSERT beats under insert_insert;
+	// a newer local version of it stays, as it would without the
+	// collision.
+	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
+	loserFate := "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
+	if !update {
+		apply = conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
+		loserFate = "the remote row is not inserted, and a local row it would have replaced is deleted"
+	}
+	// own is the condition that row t is the change's own (not one it
+	// collides with); otherRow, that entry x of the deleted rows and
+	// kept versions is another row's.
+	own, otherRow, rowKey := target, p.otherKey(targetKey), targetKey
+	if newKey != nil {
+		loserFate = "the key change is not applied: its row is not inserted under its new key, and its old row is deleted unless newer"
+		own = fmt.Sprintf("(%s AND (%s OR %s))", target, mine("t.xmin"), apply)
+		otherRow = fmt.Sprintf("(%s OR NOT EXISTS (SELECT 1 FROM ONLY %s t WHERE %s))", otherRow, p.table, own)
+		rowKey = newKey
+	}
 	conds := make([]string, len(checks))
 	indexes := make([]string, len(checks))
 	var ghostConds []string
@@ -227,7 +259,7 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 			RemoteTS: remoteTS, RemoteNode: setting(setRemoteID, "int")}
 		ghost = fmt.Sprintf(`, g AS (
 	SELECT * FROM (%s) g WHERE %s = '%s' AND NOT %s ORDER BY g.lts DESC LIMIT 1
-)`, p.ghosts(ghostConds, targetKey), stmtResolvers(conflict.UniqueSecondary), conflict.ResolverLastUpdateWins, conflict.RemoteWinsSQL(gin))
+)`, p.ghosts(ghostConds, otherRow), stmtResolvers(conflict.UniqueSecondary), conflict.ResolverLastUpdateWins, conflict.RemoteWinsSQL(gin))
 		ghostRecord = fmt.Sprintf(`, h2 AS (
 	INSERT INTO bdr.conflict_history (local_node_id, local_node_name, remote_node_id, remote_node_name,
 		schema_name, table_name, conflict_type, resolution, reason, local_tuple, local_commit_time,
@@ -270,16 +302,6 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 		lost = "(" + lost + " OR EXISTS (SELECT 1 FROM g))"
 		ghostLost = " OR EXISTS (SELECT 1 FROM g)"
 	}
-	// The row under the change's key (the target) goes too when the
-	// change would have replaced it: a losing UPDATE's row, and the row a
-	// losing INSERT beats under insert_insert; a newer local version of it
-	// stays, as it would without the collision.
-	apply := onVersion("t.xmin", remoteTS, stmtResolvers, func(in conflict.Inputs) string { return conflict.UpdateSQL(in).Apply })
-	loserFate := "the remote update is not applied and, unless the resolver keeps local rows, its row is deleted"
-	if !update {
-		apply = conflict.WinsSQL(p.rowInputs("t", remoteTS, stmtResolvers), conflict.InsertInsert)
-		loserFate = "the remote row is not inserted, and a local row it would have replaced is deleted"
-	}
 	targetGone := fmt.Sprintf(`, k AS (
 	DELETE FROM ONLY %s t WHERE %s AND (%s OR %s) AND (EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s) RETURNING 1
 )`, p.table, target, mine("t.xmin"), apply, ghostLost)
@@ -291,15 +313,20 @@ func (p *plan) uniqueSQL(checks []check, target string, targetKey []int, update 
 	if !update {
 		row = tuple
 	}
-	targetGone += ", " + p.leaveTombstone(targetKey,
-		fmt.Sprintf("(EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s)", ghostLost), row)
-	targetGone += ", " + p.keepVersion(targetKey, tuple)
+	lostConverging := fmt.Sprintf("(EXISTS (SELECT 1 FROM w WHERE NOT w.wins AND w.converging)%s)", ghostLost)
+	targetGone += ", " + p.leaveTombstone(targetKey, lostConverging, row)
+	if newKey != nil {
+		// A key change's row, where it applied first, was deleted under
+		// its new key when the row it lost to arrived.
+		targetGone += ", " + strings.Replace(p.leaveTombstone(newKey, lostConverging, tuple), "ts AS (", "ts2 AS (", 1)
+	}
+	targetGone += ", " + p.keepVersion(rowKey, tuple)
 
 	return fmt.Sprintf(`WITH %s, c AS (
 	SELECT t.ctid AS tid, t AS row, ts.timestamp AS lts, ts.roident AS lro,
 		array_remove(ARRAY[%s], NULL) AS indexes
 	FROM ONLY %s t LEFT JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) ts ON true
-	WHERE (%s) AND NOT (%s)
+	WHERE (%s) AND NOT %s
 	FOR UPDATE OF t
 ), v AS (
 	SELECT c.*, %s AS lnode, %s AS ctype FROM c
@@ -323,7 +350,7 @@ SELECT h.conflict_type FROM (SELECT pg_catalog.set_config('%s', (%s)::text, true
 	pg_catalog.set_config('%s', coalesce((SELECT pg_catalog.string_agg(%s::text || '/' || w.tid::text || ';', '') FROM w WHERE w.wins), ''), true)) s
 LEFT JOIN (SELECT conflict_type FROM h%s) h ON true`,
 		resolversCTE(conflict.UniqueSecondary, conflict.PKChange, conflict.MultipleUnique, conflict.UpdateUpdate, conflict.InsertInsert),
-		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), target,
+		strings.Join(indexes, ", "), p.table, strings.Join(conds, " OR "), "("+own+")",
 		nodeOf("c.lro"), typ, wins, converging,
 		ghost, p.table, targetGone,
 		setting(setLocalID, "int"), setting(setLocalName, "text"), setting(setRemoteID, "int"), setting(setRemoteName, "text"),
