@@ -159,10 +159,9 @@ func (p *plan) resolvingUpdateSQL(mask string, afterUnique, keyChange bool) stri
 	INSERT INTO %s (%s) SELECT %s WHERE %s AND %s
 	ON CONFLICT (%s) DO NOTHING RETURNING 1
 ), m AS (
-	INSERT INTO bdr.tombstones AS bt (relid, key, deleted) SELECT %s, %s, false FROM i
-	ON CONFLICT (relid, key) DO UPDATE SET deleted = false, at_time = NULL, at_origin = NULL WHERE %s
-)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.keyColumnList(), p.relid(), p.tombstoneKey(keys),
-			p.tombstoneUnchanged("bt"))
+	INSERT INTO bdr.tombstones (relid, key, deleted) SELECT %s, %s, false FROM i
+	ON CONFLICT (relid, key) DO UPDATE SET deleted = false, at_time = NULL, at_origin = NULL
+)`, p.table, strings.Join(p.cols, ", "), strings.Join(vals, ", "), missingRow, insertOK, p.keyColumnList(), p.relid(), p.tombstoneKey(keys))
 		inserted = "EXISTS (SELECT 1 FROM i)"
 	}
 	noRowReason := dec.Reason

@@ -42,25 +42,13 @@ func (p *plan) tombstoneKey(params []int) string {
 }
 
 // tombstoneCTE is d, the tombstone of the key params (no row when there is
-// none), with the columns a conflict record reads of l (see lookup), and
-// its xmin (xm: see tombstoneUnchanged).
+// none), with the columns a conflict record reads of l (see lookup).
 func (p *plan) tombstoneCTE(params []int) string {
 	return fmt.Sprintf(`d AS (
-	SELECT true AS found, x.deleted, NULL::text AS row, %s AS mine, c, %s AS node, x.xmin AS xm
+	SELECT true AS found, x.deleted, NULL::text AS row, %s AS mine, c, %s AS node
 	FROM bdr.tombstones x LEFT JOIN LATERAL (%s) c ON true
 	WHERE x.relid = %s AND x.key = %s
 )`, mine("x.xmin"), nodeOf("c.roident"), tombstoneVersion("x"), p.relid(), p.tombstoneKey(params))
-}
-
-// tombstoneUnchanged is the condition, for an ON CONFLICT DO UPDATE of
-// tombstone bt, that it is still the one d read in the statement's
-// snapshot (or this transaction's own); otherwise a concurrent transaction
-// changed it (another stream's change of the same key) and the decision
-// taken on d may be wrong: it raises SQLSTATE 40001 and the transaction is
-// applied again, as for a row (concurrentlyChanged).
-func (p *plan) tombstoneUnchanged(bt string) string {
-	return fmt.Sprintf("CASE WHEN %s OR %s.xmin = (SELECT d.xm FROM d) THEN true ELSE %s IS NULL END",
-		mine(bt+".xmin"), bt, fmt.Sprintf("bdr.concurrently_changed('the tombstone of a row of %s')", quoteLiteral(p.table)))
 }
 
 // tombstoneVersion selects the version of the delete that tombstone alias
